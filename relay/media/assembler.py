@@ -1,0 +1,164 @@
+"""Turns a live fMP4 byte stream into init segments and whole media fragments.
+
+A fragment is everything from the end of the previous one up to and including the `mdat`(s) its
+`moof` references: optional `styp`/`sidx`/`prft`/`emsg`/`free` boxes, the `moof`, then its data.
+Its offsets are stream offsets, which are also offsets into the recording of that connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .boxes import Box, BoxSplitter, MediaError
+from .fragment import TrackRun, parse_moof
+from .init import InitInfo, parse_init
+
+_INIT_START = ("ftyp", "moov")
+
+
+@dataclass(frozen=True, slots=True)
+class InitSegment:
+    data: bytes
+    info: InitInfo
+    offset: int
+
+    @property
+    def mime(self) -> str:
+        return self.info.mime
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A whole media fragment and the metadata consumers index it by (HLS, recordings, GOP cache)."""
+
+    data: bytes
+    offset: int
+    keyframe: bool  # every video track starts with a sync sample (always true for audio-only)
+    decode_time: float  # seconds, on the primary track's clock
+    duration: float  # seconds, on the primary track
+    runs: tuple[TrackRun, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def index_entry(self) -> dict:
+        return {
+            "offset": self.offset,
+            "size": self.size,
+            "decode_time": round(self.decode_time, 6),
+            "duration": round(self.duration, 6),
+            "keyframe": self.keyframe,
+        }
+
+
+Event = InitSegment | Fragment
+
+
+class FragmentAssembler:
+    """Feed it chunks in arrival order; it returns the init segments and fragments they complete."""
+
+    def __init__(self, max_box_size: int = 64 * 1024 * 1024) -> None:
+        self.splitter = BoxSplitter(max_box_size)
+        self.max_pending = max_box_size
+        self.init: InitSegment | None = None
+        self._init_boxes: list[Box] | None = []  # None once the moov has arrived
+        self._pending: list[Box] = []
+        self._pending_bytes = 0
+        self._moof_at: int | None = None  # index in _pending of this fragment's moof
+        self._data_end = 0
+        self._has_mdat = False
+        self._next_decode: dict[int, int] = {}
+
+    @property
+    def position(self) -> int:
+        return self.splitter.position
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        events: list[Event] = []
+        for box in self.splitter.feed(chunk):
+            self._box(box, events)
+        return events
+
+    def finish(self) -> list[Event]:
+        """The stream ended: emit a last complete fragment; a box cut short raises MediaError."""
+        events: list[Event] = []
+        for box in self.splitter.finish():
+            self._box(box, events)
+        if self._has_mdat:
+            events.append(self._complete())
+        return events
+
+    def _box(self, box: Box, events: list[Event]) -> None:
+        if box.type in _INIT_START and self._init_boxes is None:
+            if self._has_mdat:
+                events.append(self._complete())
+            self._init_boxes, self._pending, self._pending_bytes, self._moof_at = [], [], 0, None
+        if self._init_boxes is not None:
+            self._init_box(box, events)
+        elif box.type == "moof":
+            if self._has_mdat:
+                events.append(self._complete())
+            elif self._moof_at is not None:
+                raise MediaError("moof followed by another moof without media data")
+            self._add(box)
+            self._moof_at = len(self._pending) - 1
+            self._data_end = parse_moof(box.data, self.init.info, box.offset).data_end
+        elif box.type == "mdat":
+            if self._moof_at is None:
+                raise MediaError("mdat without a moof before it")
+            self._add(box)
+            self._has_mdat = True
+            if self._pending_bytes - self._bytes_before_moof() >= self._data_end:
+                events.append(self._complete())
+        else:
+            if self._has_mdat:
+                events.append(self._complete())
+            self._add(box)
+
+    def _init_box(self, box: Box, events: list[Event]) -> None:
+        if box.type in ("moof", "mdat"):
+            raise MediaError(f"{box.type} before the init segment (no moov yet)")
+        self._init_boxes.append(box)
+        if sum(b.size for b in self._init_boxes) > self.max_pending:
+            raise MediaError("init segment exceeds the box size limit")
+        if box.type == "moov":
+            data = b"".join(b.data for b in self._init_boxes)
+            self.init = InitSegment(data, parse_init(data), self._init_boxes[0].offset)
+            self._init_boxes = None
+            self._next_decode.clear()
+            events.append(self.init)
+
+    def _add(self, box: Box) -> None:
+        self._pending.append(box)
+        self._pending_bytes += box.size
+        if self._pending_bytes > self.max_pending:
+            raise MediaError(f"fragment exceeds {self.max_pending} bytes")
+
+    def _bytes_before_moof(self) -> int:
+        return sum(b.size for b in self._pending[: self._moof_at])
+
+    def _complete(self) -> Fragment:
+        info = self.init.info
+        moof = self._pending[self._moof_at]
+        runs = parse_moof(moof.data, info, moof.offset).runs
+        for run in runs:
+            start = run.decode_time if run.decode_time is not None else self._next_decode.get(run.track_id, 0)
+            self._next_decode[run.track_id] = start + run.duration
+        primary = next((r for r in runs if r.track_id == info.primary.track_id), runs[0])
+        track = info.track(primary.track_id)
+        timescale = track.timescale if track else info.primary.timescale
+        start = self._next_decode[primary.track_id] - primary.duration
+        video_ids = {t.track_id for t in info.video_tracks}
+        video_runs = [r for r in runs if r.track_id in video_ids]
+        keyframe = all(r.starts_with_sync for r in video_runs) and (bool(video_runs) or not video_ids)
+        fragment = Fragment(
+            data=b"".join(b.data for b in self._pending),
+            offset=self._pending[0].offset,
+            keyframe=keyframe,
+            decode_time=start / timescale,
+            duration=primary.duration / timescale,
+            runs=runs,
+        )
+        self._pending, self._pending_bytes, self._moof_at, self._has_mdat = [], 0, None, False
+        return fragment
