@@ -1,0 +1,116 @@
+"""``python -m relay serve | demo | simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from . import config, logs
+from .app import create_app
+from .config import Settings
+
+log = logging.getLogger("relay")
+
+
+def _ingest_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    query = f"?token={settings.ingest_token}" if settings.ingest_token else ""
+    return f"ws://{host}:{settings.port}/ingest{query}"
+
+
+def serve(settings: Settings) -> None:
+    import uvloop
+
+    log.info("relay serving on http://%s:%d recordings=%s", settings.host, settings.port,
+             Path(settings.recordings).resolve())
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
+                loop=uvloop.new_event_loop(), handle_signals=True)
+
+
+async def _demo(settings: Settings) -> None:
+    from .simulate import Bot, stream_live
+    from .testsrc import LivePattern
+
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    print(f"\n  relay demo is live: open {settings.base_url}/watch/demo  (dashboard: {settings.base_url}/)\n",
+          flush=True)
+    try:
+        while True:
+            pattern = LivePattern(video="h264", audio="aac", width=640, height=360, fps=25, gop=25, clock=True)
+            try:
+                async with Bot(_ingest_url(settings), "demo") as bot:
+                    await stream_live(bot, pattern.chunks())
+            except Exception as exc:  # the demo bot restarts; the relay keeps serving
+                log.warning("demo bot stopped: %r; restarting", exc)
+                await asyncio.sleep(1)
+            finally:
+                pattern.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from .simulate import Bot, stream_file, stream_live
+    from .testsrc import LivePattern, encode_fmp4
+
+    async with Bot(args.url, args.bot_id, seed=args.seed) as bot:
+        if args.source != "testsrc":
+            await stream_file(bot, Path(args.source).read_bytes(), realtime=args.realtime)
+        elif args.realtime:
+            pattern = LivePattern(width=640, height=360, fps=25, gop=25, clock=True)
+            try:
+                await stream_live(bot, pattern.chunks(), duration=args.duration)
+            finally:
+                pattern.close()
+        else:
+            data = await asyncio.to_thread(encode_fmp4, seconds=args.duration or 10, width=640, height=360)
+            await stream_file(bot, data, realtime=False)
+        await asyncio.sleep(0.5)  # let the last pongs arrive
+    report = bot.report
+    print(f"sent {report.bytes_sent} bytes in {report.chunks} chunks; pings {report.pings}, pongs {report.pongs}, "
+          f"pong errors {len(report.pong_errors)}; close code {report.close_code} {report.close_reason}")
+    for problem in report.pong_errors:
+        print("  ", problem)
+    return 1 if report.pong_errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay", description="Live fMP4 relay for MeetStream bots.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the relay"), ("demo", "run the relay with a built-in demo bot")):
+        config.add_arguments(commands.add_parser(name, help=text))
+    sim = commands.add_parser("simulate", help="stream like a MeetStream bot")
+    sim.add_argument("--url", default="ws://127.0.0.1:8080/ingest")
+    sim.add_argument("--bot-id", default="demo")
+    sim.add_argument("--source", default="testsrc", help="an fMP4 file, or 'testsrc' for a synthetic pattern")
+    sim.add_argument("--realtime", action="store_true", help="pace by the fragments' timestamps")
+    sim.add_argument("--duration", type=float, default=None, help="seconds of testsrc (default: until stopped)")
+    sim.add_argument("--seed", type=int, default=None, help="seed for the chunk sizes")
+    sim.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        logs.configure(args.log_level)
+        return asyncio.run(_simulate(args))
+    settings = Settings.from_sources(vars(args))
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        serve(settings)
+        return 0
+    import uvloop
+
+    try:
+        uvloop.run(_demo(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The MeetStream side: one WebSocket connection carries one bot's session.
+
+Messages are handled strictly in arrival order, so bytes reach the recorder and the parser in the
+order the bot sent them. A ping is answered as soon as it is read; nothing is queued ahead of it
+but the media that arrived before it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from . import keys
+from .ids import bot_id_problem, connection_name
+from .media import FragmentAssembler, InitSegment, MediaError
+from .recorder import Recording
+from .stream import ENDED, Stream
+
+log = logging.getLogger("relay.ingest")
+
+# WebSocket close codes (RFC 6455)
+INVALID_DATA = 1007
+POLICY = 1008
+
+
+def token_ok(request: web.Request, token: str) -> bool:
+    """Constant-time check of ``?token=`` or ``/ingest/<token>`` (the bot's URL is all we control)."""
+    given = request.match_info.get("token") or request.query.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+async def handle_ingest(request: web.Request) -> web.StreamResponse:
+    settings = request.app[keys.SETTINGS]
+    peer = request.remote or "?"
+    if settings.ingest_token and not token_ok(request, settings.ingest_token):
+        log.warning("ingest refused peer=%s reason=%r", peer, "invalid or missing ingest token")
+        raise web.HTTPUnauthorized(text="invalid or missing ingest token\n")
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_size, autoping=True)
+    await ws.prepare(request)
+    session = IngestSession(request.app, ws, peer)
+    request.app[keys.INGEST_SESSIONS].add(session)
+    log.info("ingest connected peer=%s", peer)
+    try:
+        await session.run()
+    finally:
+        request.app[keys.INGEST_SESSIONS].discard(session)
+    return ws
+
+
+class IngestSession:
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse, peer: str) -> None:
+        self.app = app
+        self.ws = ws
+        self.peer = peer
+        self.settings = app[keys.SETTINGS]
+        self.registry = app[keys.REGISTRY]
+        self.stream: Stream | None = None
+        self.recording: Recording | None = None
+        self.assembler: FragmentAssembler | None = None
+        self.prestart: list[bytes] = []
+        self.prestart_bytes = 0
+        self.close_reason = "disconnected"
+
+    @property
+    def bot_id(self) -> str | None:
+        return self.stream.bot_id if self.stream else None
+
+    @property
+    def owns_stream(self) -> bool:
+        return self.stream is not None and self.stream.owner is self
+
+    async def run(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self.on_binary(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    self.close_reason = f"connection error: {self.ws.exception()}"
+                    log.warning("ingest error peer=%s bot_id=%s error=%s", self.peer, self.bot_id, self.ws.exception())
+        finally:
+            await self.finish()
+
+    # -- text ---------------------------------------------------------------------------------
+    async def on_text(self, text: str) -> None:
+        received_ms = time.time() * 1000
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return await self.refuse(INVALID_DATA, "text frame is not JSON")
+        if not isinstance(msg, dict):
+            return await self.refuse(INVALID_DATA, "text frame is not a JSON object")
+        kind = msg.get("type")
+        if kind == "video_latency_ping":
+            await self.pong(msg, received_ms)
+        elif kind == "video_stream_start":
+            await self.on_start(msg)
+        elif kind == "video_stream_end":
+            await self.on_end(msg)
+        else:
+            log.info("ignoring message peer=%s bot_id=%s type=%r", self.peer, self.bot_id, kind)
+
+    async def pong(self, ping: dict[str, Any], received_ms: float) -> None:
+        reply = {key: ping[key] for key in ("seq", "sent_at_ms", "bot_id") if key in ping}
+        if len(reply) < 3:
+            log.warning("ping lacks fields peer=%s bot_id=%s missing=%s", self.peer, self.bot_id,
+                        sorted({"seq", "sent_at_ms", "bot_id"} - reply.keys()))
+        reply = {"type": "video_latency_pong", **reply, "server_received_at_ms": int(received_ms)}
+        await self.ws.send_str(json.dumps(reply))
+        sent = ping.get("sent_at_ms")
+        if self.stream is not None and isinstance(sent, (int, float)) and not isinstance(sent, bool):
+            self.stream.one_way_delay_ms = round(received_ms - sent, 1)
+
+    async def on_start(self, msg: dict[str, Any]) -> None:
+        bot_id = msg.get("bot_id")
+        problem = bot_id_problem(bot_id)
+        if problem:
+            return await self.refuse(POLICY, f"invalid bot_id: {problem}")
+        if self.stream is None:
+            return await self.begin(bot_id, msg)
+        if bot_id == self.stream.bot_id:
+            self.stream.meta = msg
+            log.info("repeated start bot_id=%s: metadata updated", bot_id)
+        else:
+            log.warning(
+                "start for bot_id=%s ignored: this connection already streams as %s", bot_id, self.stream.bot_id
+            )
+
+    async def on_end(self, msg: dict[str, Any]) -> None:
+        log.info("end message bot_id=%s duration_seconds=%s", self.bot_id, msg.get("duration_seconds"))
+        self.close_reason = "video_stream_end"
+        await self.close_outputs(ended=True)
+
+    # -- media --------------------------------------------------------------------------------
+    async def on_binary(self, data: bytes) -> None:
+        if self.stream is not None:
+            return await self.media(data)
+        self.prestart.append(data)
+        self.prestart_bytes += len(data)
+        if self.prestart_bytes > self.settings.max_prestart_bytes:
+            name = connection_name()
+            log.warning(
+                "no video_stream_start after %d bytes peer=%s: recording as bot_id=%s",
+                self.prestart_bytes, self.peer, name,
+            )
+            await self.begin(name, {})
+
+    async def begin(self, bot_id: str, start: dict[str, Any]) -> None:
+        stream = self.registry.open(bot_id)
+        previous = stream.owner
+        if previous is not None and previous is not self:
+            log.warning("bot_id=%s connected again peer=%s: the newer connection replaces the one from %s",
+                        bot_id, self.peer, previous.peer)
+            previous.superseded()
+        stream.resumed()
+        stream.owner = self
+        stream.connections += 1
+        stream.meta = start
+        self.stream = stream
+        self.assembler = FragmentAssembler(self.settings.max_box_size)
+        self.recording = Recording(
+            Path(self.settings.recordings), bot_id, self.settings, start, self.peer, stream.errors.append
+        )
+        stream.recording = self.recording
+        log.info("stream start bot_id=%s peer=%s connection=%d meta=%s", bot_id, self.peer, stream.connections,
+                 json.dumps(start)[:500])
+        chunks, self.prestart, self.prestart_bytes = self.prestart, [], 0
+        for chunk in chunks:
+            await self.media(chunk)
+
+    async def media(self, data: bytes) -> None:
+        await self.recording.write(data)
+        if self.assembler is None:
+            return
+        try:
+            events = self.assembler.feed(data)
+        except MediaError as exc:
+            self.assembler = None
+            return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}")
+        self.dispatch(events)
+
+    def dispatch(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, InitSegment):
+                self.recording.add_init(event)
+                if self.owns_stream:
+                    self.stream.set_init(event)
+            else:
+                self.recording.add_fragment(event)
+                if self.owns_stream:
+                    self.stream.add_fragment(event)
+
+    # -- endings ------------------------------------------------------------------------------
+    async def refuse(self, code: int, reason: str) -> None:
+        """Close this connection only, saying why; other streams are untouched."""
+        log.warning("ingest refused peer=%s bot_id=%s reason=%r", self.peer, self.bot_id, reason)
+        self.close_reason = reason
+        if self.stream is not None:
+            self.stream.errors.append(reason)
+        await self.ws.close(code=code, message=reason.encode()[:123])
+
+    def superseded(self) -> None:
+        """A newer connection took over our bot id: stop feeding the stream, keep our recording whole."""
+        self.close_reason = "replaced by a newer connection"
+        self.app[keys.BACKGROUND].spawn(
+            self.ws.close(code=POLICY, message=b"replaced by a newer connection for this bot_id")
+        )
+
+    async def close_outputs(self, ended: bool) -> None:
+        """Finish the recording; end the stream (``ended``) or let it wait for a reconnect."""
+        if self.stream is None:
+            return
+        stream, recording, assembler = self.stream, self.recording, self.assembler
+        if assembler is not None:
+            try:
+                self.dispatch(assembler.finish())
+            except MediaError as exc:
+                log.info("bot_id=%s: %s; the recording keeps those bytes", stream.bot_id, exc)
+        await recording.close(self.close_reason)
+        if stream.owner is self:
+            stream.owner = None
+            if ended:
+                self.registry.close(stream)
+            elif stream.state != ENDED:
+                log.info("bot_id=%s disconnected; waiting %.0fs for it to reconnect", stream.bot_id,
+                         self.settings.reconnect_grace)
+                stream.disconnected(lambda: self.registry.close(stream) if stream.owner is None else None)
+        self.stream = self.recording = self.assembler = None
+
+    async def finish(self) -> None:
+        if self.stream is None and self.prestart:
+            name = connection_name()
+            log.warning("connection closed before video_stream_start peer=%s: recording %d bytes as bot_id=%s",
+                        self.peer, self.prestart_bytes, name)
+            await self.begin(name, {})
+        await self.close_outputs(ended=False)
+        log.info("ingest closed peer=%s reason=%r", self.peer, self.close_reason)

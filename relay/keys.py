@@ -1,0 +1,16 @@
+"""Typed keys for what the aiohttp application holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .background import Background
+from .config import Settings
+from .stream import Registry
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", Registry)
+BACKGROUND = web.AppKey("background", Background)
+INGEST_SESSIONS: web.AppKey[set[Any]] = web.AppKey("ingest_sessions", set)

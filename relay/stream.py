@@ -1,0 +1,220 @@
+"""One live stream per bot and the registry of them.
+
+A ``Stream`` is fed through a narrow entry point (``set_init``, ``add_fragment``, ``disconnected``,
+``end``) so that the ingest today, and a bus reader later, feed it the same way. Consumers are called
+synchronously and must never block: they queue and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from .config import Settings
+from .media import Fragment, InitSegment
+
+log = logging.getLogger("relay.stream")
+
+LIVE, RECONNECTING, ENDED = "live", "reconnecting", "ended"
+_BITRATE_WINDOW = 10.0  # seconds of arrivals the bitrate is averaged over
+
+
+class Consumer(Protocol):
+    def on_init(self, init: InitSegment) -> None: ...
+    def on_fragment(self, fragment: Fragment) -> None: ...
+    def on_end(self) -> None: ...
+
+
+class Stream:
+    def __init__(self, bot_id: str, settings: Settings) -> None:
+        self.bot_id = bot_id
+        self.settings = settings
+        self.state = LIVE
+        self.meta: dict[str, Any] = {}
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.init: InitSegment | None = None
+        self.gop: list[Fragment] = []  # fragments since the latest keyframe fragment
+        self._gop_bytes = 0
+        self.consumers: set[Consumer] = set()
+        self.connections = 0  # ingest connections over the stream's life (reconnects make it grow)
+        self.bytes_in = 0
+        self.fragments = 0
+        self.keyframes = 0
+        self.gop_overflows = 0
+        self.media_duration = 0.0
+        self.last_fragment_at: float | None = None  # monotonic
+        self.one_way_delay_ms: float | None = None
+        self.errors: list[str] = []
+        self.recording: Any = None  # the current Recording, for status
+        self.owner: Any = None  # the ingest session feeding the stream; None while reconnecting
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._grace: asyncio.TimerHandle | None = None
+        self.ended = asyncio.Event()
+
+    # -- the feed ---------------------------------------------------------------------------
+    def set_init(self, init: InitSegment) -> None:
+        """A new init segment: the cache is void (its fragments need the old one)."""
+        self.init = init
+        self.bytes_in += len(init.data)
+        self.gop, self._gop_bytes = [], 0
+        log.info("stream init bot_id=%s mime=%r init_bytes=%d", self.bot_id, init.mime, len(init.data))
+        for consumer in list(self.consumers):
+            consumer.on_init(init)
+
+    def add_fragment(self, fragment: Fragment) -> None:
+        now = time.monotonic()
+        self.fragments += 1
+        self.bytes_in += fragment.size
+        self.media_duration += fragment.duration
+        self.last_fragment_at = now
+        self._arrivals.append((now, fragment.size))
+        while self._arrivals and now - self._arrivals[0][0] > _BITRATE_WINDOW:
+            self._arrivals.popleft()
+        self._cache(fragment)
+        for consumer in list(self.consumers):
+            consumer.on_fragment(fragment)
+
+    def _cache(self, fragment: Fragment) -> None:
+        """Keep the fragments a late joiner needs: from the latest keyframe on, within bounds.
+
+        Past a bound the cache is dropped rather than trimmed at the front (a GOP without its
+        keyframe cannot be decoded): late joiners then wait for the next keyframe.
+        """
+        if fragment.keyframe:
+            self.keyframes += 1
+            self.gop, self._gop_bytes = [fragment], fragment.size
+            return
+        if not self.gop:
+            return
+        self.gop.append(fragment)
+        self._gop_bytes += fragment.size
+        if self._gop_bytes > self.settings.gop_cache_bytes or len(self.gop) > self.settings.gop_cache_fragments:
+            self.gop_overflows += 1
+            log.warning(
+                "gop cache overflow bot_id=%s fragments=%d bytes=%d: late joiners wait for the next keyframe",
+                self.bot_id, len(self.gop), self._gop_bytes,
+            )
+            self.gop, self._gop_bytes = [], 0
+
+    def disconnected(self, on_timeout: Any) -> None:
+        """The bot's connection dropped without an end message: wait a while for it to come back."""
+        self.state = RECONNECTING
+        loop = asyncio.get_running_loop()
+        self._grace = loop.call_later(self.settings.reconnect_grace, on_timeout)
+
+    def resumed(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.state = LIVE
+
+    def end(self) -> None:
+        if self.state == ENDED:
+            return
+        if self._grace is not None:
+            self._grace.cancel()
+        self.state = ENDED
+        self.ended_at = time.time()
+        self.ended.set()
+        log.info("stream ended bot_id=%s fragments=%d bytes=%d", self.bot_id, self.fragments, self.bytes_in)
+        for consumer in list(self.consumers):
+            consumer.on_end()
+
+    # -- consumers ----------------------------------------------------------------------------
+    def attach(self, consumer: Consumer) -> None:
+        """Register a consumer and replay what it needs to start: the init and the cached GOP."""
+        self.consumers.add(consumer)
+        if self.init is not None:
+            consumer.on_init(self.init)
+            for fragment in self.gop:
+                consumer.on_fragment(fragment)
+
+    def detach(self, consumer: Consumer) -> None:
+        self.consumers.discard(consumer)
+
+    # -- status -------------------------------------------------------------------------------
+    @property
+    def bitrate(self) -> float:
+        """Bits per second over the recent arrivals."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        span = self._arrivals[-1][0] - self._arrivals[0][0]
+        return 8 * sum(size for _, size in list(self._arrivals)[1:]) / span if span > 0 else 0.0
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        info = self.init.info.describe() if self.init else None
+        return {
+            "bot_id": self.bot_id,
+            "state": self.state,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "uptime": (self.ended_at or time.time()) - self.started_at,
+            "meta": self.meta,
+            "mime": info["mime"] if info else None,
+            "tracks": info["tracks"] if info else [],
+            "connections": self.connections,
+            "bytes_in": self.bytes_in,
+            "fragments": self.fragments,
+            "keyframes": self.keyframes,
+            "bitrate": round(self.bitrate),
+            "media_duration": round(self.media_duration, 3),
+            "gop_fragments": len(self.gop),
+            "gop_overflows": self.gop_overflows,
+            "last_fragment_age": None if self.last_fragment_at is None else round(now - self.last_fragment_at, 3),
+            "one_way_delay_ms": self.one_way_delay_ms,
+            "viewers": len(self.consumers),
+            "recording": self.recording.status() if self.recording else None,
+            "errors": self.errors[-20:],
+        }
+
+
+class Registry:
+    """The live streams by bot id, plus recently ended ones for status pages."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.streams: dict[str, Stream] = {}
+        self.ended: deque[Stream] = deque(maxlen=settings.ended_streams_kept)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def get(self, bot_id: str) -> Stream | None:
+        return self.streams.get(bot_id)
+
+    def open(self, bot_id: str) -> Stream:
+        """The live stream for ``bot_id``, created if there is none (a reconnect continues the old one)."""
+        stream = self.streams.get(bot_id)
+        if stream is None:
+            stream = self.streams[bot_id] = Stream(bot_id, self.settings)
+            log.info("stream started bot_id=%s", bot_id)
+            for waiter in self._waiters.pop(bot_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        stream.end()
+        if self.streams.get(stream.bot_id) is stream:
+            del self.streams[stream.bot_id]
+            self.ended.appendleft(stream)
+
+    async def wait_for(self, bot_id: str, timeout: float) -> Stream | None:
+        """The stream once it exists, or None after ``timeout`` seconds."""
+        if bot_id in self.streams:
+            return self.streams[bot_id]
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(bot_id, set())
+        waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters.discard(waiter)
+            if not waiters and self._waiters.get(bot_id) is waiters:
+                del self._waiters[bot_id]
+        return self.streams.get(bot_id)
