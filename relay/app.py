@@ -9,6 +9,7 @@ from aiohttp import WSCloseCode, web
 from . import keys
 from .background import Background
 from .config import Settings
+from .fanout import handle_viewer
 from .ingest import handle_ingest
 from .stream import Registry
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.INGEST_SESSIONS] = set()
     app.router.add_get("/ingest", handle_ingest)
     app.router.add_get("/ingest/{token}", handle_ingest)
+    app.router.add_get("/ws/watch/{bot_id}", handle_viewer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{bot_id}", get_stream)

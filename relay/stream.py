@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .media import Fragment, InitSegment
+from .wire import WireFragment
 
 log = logging.getLogger("relay.stream")
 
@@ -24,8 +25,9 @@ _BITRATE_WINDOW = 10.0  # seconds of arrivals the bitrate is averaged over
 
 class Consumer(Protocol):
     def on_init(self, init: InitSegment) -> None: ...
-    def on_fragment(self, fragment: Fragment) -> None: ...
+    def on_fragment(self, item: WireFragment) -> None: ...
     def on_end(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 class Stream:
@@ -37,7 +39,7 @@ class Stream:
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.init: InitSegment | None = None
-        self.gop: list[Fragment] = []  # fragments since the latest keyframe fragment
+        self.gop: list[WireFragment] = []  # fragments since the latest keyframe fragment
         self._gop_bytes = 0
         self.consumers: set[Consumer] = set()
         self.connections = 0  # ingest connections over the stream's life (reconnects make it grow)
@@ -74,24 +76,26 @@ class Stream:
         self._arrivals.append((now, fragment.size))
         while self._arrivals and now - self._arrivals[0][0] > _BITRATE_WINDOW:
             self._arrivals.popleft()
-        self._cache(fragment)
+        item = WireFragment(fragment)
+        self._cache(item)
         for consumer in list(self.consumers):
-            consumer.on_fragment(fragment)
+            consumer.on_fragment(item)
 
-    def _cache(self, fragment: Fragment) -> None:
+    def _cache(self, item: WireFragment) -> None:
         """Keep the fragments a late joiner needs: from the latest keyframe on, within bounds.
 
         Past a bound the cache is dropped rather than trimmed at the front (a GOP without its
         keyframe cannot be decoded): late joiners then wait for the next keyframe.
         """
-        if fragment.keyframe:
+        size = item.fragment.size
+        if item.keyframe:
             self.keyframes += 1
-            self.gop, self._gop_bytes = [fragment], fragment.size
+            self.gop, self._gop_bytes = [item], size
             return
         if not self.gop:
             return
-        self.gop.append(fragment)
-        self._gop_bytes += fragment.size
+        self.gop.append(item)
+        self._gop_bytes += size
         if self._gop_bytes > self.settings.gop_cache_bytes or len(self.gop) > self.settings.gop_cache_fragments:
             self.gop_overflows += 1
             log.warning(
@@ -130,8 +134,8 @@ class Stream:
         self.consumers.add(consumer)
         if self.init is not None:
             consumer.on_init(self.init)
-            for fragment in self.gop:
-                consumer.on_fragment(fragment)
+            for item in self.gop:
+                consumer.on_fragment(item)
 
     def detach(self, consumer: Consumer) -> None:
         self.consumers.discard(consumer)
@@ -168,6 +172,7 @@ class Stream:
             "last_fragment_age": None if self.last_fragment_at is None else round(now - self.last_fragment_at, 3),
             "one_way_delay_ms": self.one_way_delay_ms,
             "viewers": len(self.consumers),
+            "viewer_list": [c.status() for c in self.consumers],
             "recording": self.recording.status() if self.recording else None,
             "errors": self.errors[-20:],
         }

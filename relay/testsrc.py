@@ -13,7 +13,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from typing import Any
 
@@ -23,9 +23,11 @@ import numpy as np
 SAMPLE_RATE = 48_000
 _TONE_HZ = 440.0
 
-# Encoder settings per codec name: low-latency, cheap presets, exact keyframe
-# interval (no scene-cut keyframes) so tests can predict where keyframes fall.
-_VIDEO: dict[str, tuple[str, Any]] = {
+# Encoder and options (given the GOP length) per codec name: low-latency, cheap
+# presets, and keyframes exactly every `gop` frames (scene-cut detection off,
+# closed GOPs) so tests can predict where keyframes fall. HEVC keeps x265's
+# B-frames on purpose: it is the one codec here with composition offsets.
+_VIDEO: dict[str, tuple[str, Callable[[int], dict[str, str]]]] = {
     "h264": (
         "libx264",
         lambda gop: {
@@ -54,7 +56,12 @@ _VIDEO: dict[str, tuple[str, Any]] = {
     ),
     "av1": (
         "libsvtav1",
-        lambda gop: {"preset": "12", "svtav1-params": "rtc=1", "g": str(gop), "keyint_min": str(gop)},
+        lambda gop: {
+            "preset": "12",
+            "svtav1-params": "rtc=1",  # low-delay prediction, no lookahead
+            "g": str(gop),
+            "keyint_min": str(gop),
+        },
     ),
 }
 _AUDIO = {"aac": "aac", "opus": "libopus"}
@@ -170,14 +177,16 @@ class LivePattern:
             raise ValueError("need video, audio or both")
         if video == "av1":
             os.environ.setdefault("SVT_LOG", "1")  # else SVT-AV1 prints a banner per encoder
-        self.fps = fps
+        self._fps = fps
         self._clock = clock
         self._sink = _Sink()
         self._out = av.open(
             self._sink,
             "w",
             format="mp4",
-            container_options=_mux_options(fragmentation, frag_duration, separate_moof, video is None),
+            container_options=_mux_options(
+                fragmentation, frag_duration, separate_moof, audio_only=video is None
+            ),
         )
         self._video: av.VideoStream | None = None
         self._audio: av.AudioStream | None = None
@@ -201,9 +210,9 @@ class LivePattern:
         """Yield the muxer's output as it is written (init segment, then
         fragments), producing frame i no earlier than start + i/fps. After
         :meth:`stop` the encoders are flushed and the tail is yielded."""
-        start = time.monotonic() - self._ticks / self.fps
+        start = time.monotonic() - self._ticks / self._fps
         while True:
-            delay = start + self._ticks / self.fps - time.monotonic()
+            delay = start + self._ticks / self._fps - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if self._stopped:
@@ -231,11 +240,12 @@ class LivePattern:
             i = self._ticks
             self._ticks += 1
             if self._audio is not None:
-                start, end = i * SAMPLE_RATE // self.fps, (i + 1) * SAMPLE_RATE // self.fps
+                start, end = i * SAMPLE_RATE // self._fps, (i + 1) * SAMPLE_RATE // self._fps
                 t = np.arange(start, end) / SAMPLE_RATE
                 tone = (0.2 * np.sin(2 * np.pi * _TONE_HZ * t)).astype(np.float32)[None, :]
                 sound = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-                sound.sample_rate, sound.pts, sound.time_base = SAMPLE_RATE, start, Fraction(1, SAMPLE_RATE)
+                sound.sample_rate, sound.pts = SAMPLE_RATE, start
+                sound.time_base = Fraction(1, SAMPLE_RATE)
                 self._out.mux(self._audio.encode(sound))
             if self._video is not None:
                 picture = next(self._pictures)
@@ -245,7 +255,7 @@ class LivePattern:
                     picture = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 else:  # testsrc marks every picture as an I-frame, which encoders obey
                     picture.pict_type = av.video.frame.PictureType.NONE
-                picture.pts, picture.time_base = i, Fraction(1, self.fps)
+                picture.pts, picture.time_base = i, Fraction(1, self._fps)
                 self._out.mux(self._video.encode(picture))
             return self._sink.take()
 
@@ -283,7 +293,12 @@ def encode_fmp4(
     clock: bool = False,
 ) -> bytes:
     """Encode `seconds` of test pattern, as fast as possible, into one fMP4
-    byte string (ftyp+moov, moof+mdat..., mfra). See :class:`LivePattern`."""
+    byte string (ftyp, moov, moof+mdat..., mfra).
+
+    fragmentation="keyframe" starts a fragment at every video keyframe;
+    "duration" cuts every `frag_duration` seconds regardless of keyframes, so
+    with gop/fps > frag_duration some fragments start mid-GOP.
+    """
     pattern = LivePattern(
         video=video,
         audio=audio,
@@ -296,13 +311,17 @@ def encode_fmp4(
         separate_moof=separate_moof,
         clock=clock,
     )
-    parts = [pattern._step() for _ in range(round(seconds * fps))]
-    return b"".join(parts) + pattern._finish()
+    try:
+        parts = [pattern._step() for _ in range(round(seconds * fps))]
+        return b"".join(parts) + pattern._finish()
+    finally:
+        pattern.close()
 
 
 def probe_packets(data: bytes) -> list[dict[str, Any]]:
     """Demux fMP4 bytes with FFmpeg and list every packet in demux order, as a
-    reference to check our own box parser (keyframes, timing, sizes) against."""
+    reference to check our own box parser (keyframes, timing, sizes) against.
+    `pos` is the byte offset of the sample data, to map packets to fragments."""
     with av.open(io.BytesIO(data), format="mp4") as container:
         return [
             {
@@ -314,6 +333,7 @@ def probe_packets(data: bytes) -> list[dict[str, Any]]:
                 "time_base": float(packet.time_base),
                 "is_keyframe": packet.is_keyframe,
                 "size": packet.size,
+                "pos": packet.pos,
             }
             for packet in container.demux()
             if packet.size  # skip the empty end-of-stream packets
