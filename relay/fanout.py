@@ -43,6 +43,7 @@ class Viewer:
         self.connected_at = time.time()
         self.need_keyframe = True
         self.behind_since: float | None = None
+        self._behind_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.bytes_sent = 0
         self.fragments_sent = 0
@@ -71,7 +72,7 @@ class Viewer:
     def on_fragment(self, item: WireFragment) -> None:
         if self.closing:
             return
-        if self.need_keyframe and not item.keyframe:
+        if self.need_keyframe and not item.random_access:
             if self.behind_since is not None:
                 self.skipped += 1
                 self._check_behind()
@@ -82,15 +83,11 @@ class Viewer:
             self.skipped += 1
             self.need_keyframe = True
             if self.behind_since is None:
-                self.behind_since = time.monotonic()
-                log.info("viewer behind bot_id=%s peer=%s unsent=%d: skipping to the next keyframe",
-                         self.bot_id, self.peer, unsent)
+                self._fell_behind(unsent)
             self._check_behind()
             return
         if self.behind_since is not None:
-            log.info("viewer caught up bot_id=%s peer=%s after %.1fs", self.bot_id, self.peer,
-                     time.monotonic() - self.behind_since)
-            self.behind_since = None
+            self._caught_up()
         self.need_keyframe = False
         self.write(data)
         self.fragments_sent += 1
@@ -99,9 +96,34 @@ class Viewer:
         self.send_json({"type": "end"})
         self.close(1000, "stream ended")
 
+    def _fell_behind(self, unsent: int) -> None:
+        log.info("viewer behind bot_id=%s peer=%s unsent=%d: skipping to the next keyframe",
+                 self.bot_id, self.peer, unsent)
+        self.behind_since = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._behind_timer = loop.call_later(self.settings.viewer_max_behind, self._behind_deadline)
+
+    def _caught_up(self) -> None:
+        log.info("viewer caught up bot_id=%s peer=%s after %.1fs skipped=%d", self.bot_id, self.peer,
+                 time.monotonic() - self.behind_since, self.skipped)
+        self.behind_since = None
+        if self._behind_timer is not None:
+            self._behind_timer.cancel()
+            self._behind_timer = None
+
+    def _behind_deadline(self) -> None:
+        """Still behind when the deadline passes? A socket that drained is just waiting for a keyframe."""
+        self._behind_timer = None
+        if self.behind_since is None or self.closing:
+            return
+        if self.transport.get_write_buffer_size() == 0:
+            self._caught_up()
+        else:
+            self._check_behind()
+
     def _check_behind(self) -> None:
         behind = time.monotonic() - self.behind_since
-        if behind > self.settings.viewer_max_behind:
+        if behind >= self.settings.viewer_max_behind:
             self.close(CLOSE_TOO_SLOW, f"too far behind the live stream for {behind:.0f}s")
 
     def close(self, code: int, reason: str) -> None:
@@ -119,6 +141,22 @@ class Viewer:
                 self.transport.abort()
         finally:
             self.closing = True
+
+    def join(self, stream: Stream) -> None:
+        self.stream = stream
+        stream.attach(self)
+
+    def give_up(self, waited: float) -> None:
+        if self.stream is None:
+            self.close(CLOSE_UNKNOWN_STREAM, f"no stream {self.bot_id!r} appeared within {waited:.0f}s")
+
+    def left(self) -> None:
+        """The socket is gone: stop writing, stop timers, leave the stream."""
+        self.closing = True
+        if self._behind_timer is not None:
+            self._behind_timer.cancel()
+        if self.stream is not None:
+            self.stream.detach(self)
 
     # -- what the browser tells us ----------------------------------------------------------------
     def on_text(self, text: str) -> None:
@@ -142,17 +180,6 @@ class Viewer:
         }
 
 
-async def _attach_when_live(viewer: Viewer, bot_id: str) -> None:
-    registry = viewer.app[keys.REGISTRY]
-    timeout = viewer.settings.viewer_wait_timeout
-    stream = await registry.wait_for(bot_id, timeout)
-    if stream is None:
-        viewer.close(CLOSE_UNKNOWN_STREAM, f"no stream {bot_id!r} appeared within {timeout:.0f}s")
-        return
-    viewer.stream = stream
-    stream.attach(viewer)
-
-
 async def handle_viewer(request: web.Request) -> web.StreamResponse:
     bot_id = request.match_info["bot_id"]
     peer = request.remote or "?"
@@ -165,24 +192,24 @@ async def handle_viewer(request: web.Request) -> web.StreamResponse:
     viewer = Viewer(request.app, ws, request.transport, bot_id, peer)
     registry = request.app[keys.REGISTRY]
     stream = registry.get(bot_id)
-    waiting = None
+    unwatch, timer = None, None
     log.info("viewer connected bot_id=%s peer=%s", bot_id, peer)
     if stream is not None:
-        viewer.stream = stream
-        stream.attach(viewer)
+        viewer.join(stream)
     else:
         viewer.send_json({"type": "waiting", "reason": "the stream has not started yet"})
-        waiting = asyncio.create_task(_attach_when_live(viewer, bot_id))
+        unwatch = registry.watch(bot_id, viewer.join)
+        timeout = viewer.settings.viewer_wait_timeout
+        timer = asyncio.get_running_loop().call_later(timeout, viewer.give_up, timeout)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 viewer.on_text(msg.data)
     finally:
-        viewer.closing = True
-        if waiting is not None:
-            waiting.cancel()
-        if viewer.stream is not None:
-            viewer.stream.detach(viewer)
+        if unwatch is not None:
+            unwatch()
+            timer.cancel()
+        viewer.left()
         log.info("viewer left bot_id=%s peer=%s fragments=%d bytes=%d skipped=%d close_code=%s",
                  bot_id, peer, viewer.fragments_sent, viewer.bytes_sent, viewer.skipped, ws.close_code)
     return ws

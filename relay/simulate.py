@@ -143,11 +143,17 @@ class Bot:
             await self.ping(seq)
 
     async def _receive(self) -> None:
-        async for msg in self.ws:
+        # Not ``async for``: it swallows the CLOSE message, and with it the server's close reason
+        # (aiohttp's client socket keeps only the code).
+        while True:
+            msg = await self.ws.receive()
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self._check_pong(json.loads(msg.data))
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                self.report.close_reason = msg.extra or ""
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
         self.report.close_code = self.ws.close_code
-        self.report.close_reason = getattr(self.ws, "close_message", "") or ""
         self.closed.set()
 
     def _check_pong(self, pong: dict[str, Any]) -> None:

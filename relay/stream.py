@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .config import Settings
 from .media import Fragment, InitSegment
@@ -39,7 +39,7 @@ class Stream:
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.init: InitSegment | None = None
-        self.gop: list[WireFragment] = []  # fragments since the latest keyframe fragment
+        self.gop: list[WireFragment] = []  # fragments since the latest random-access fragment
         self._gop_bytes = 0
         self.consumers: set[Consumer] = set()
         self.connections = 0  # ingest connections over the stream's life (reconnects make it grow)
@@ -84,11 +84,14 @@ class Stream:
     def _cache(self, item: WireFragment) -> None:
         """Keep the fragments a late joiner needs: from the latest keyframe on, within bounds.
 
-        Past a bound the cache is dropped rather than trimmed at the front (a GOP without its
-        keyframe cannot be decoded): late joiners then wait for the next keyframe.
+        The cache restarts at every fragment holding a keyframe: ideally at its start, but fMP4 cut
+        by duration puts keyframes mid-fragment, and MSE decoders drop the frames before the first
+        keyframe, so joining there plays cleanly too. Past a bound the cache is dropped rather than
+        trimmed at the front (a GOP without its keyframe cannot be decoded): late joiners then wait
+        for the next keyframe.
         """
         size = item.fragment.size
-        if item.keyframe:
+        if item.random_access:
             self.keyframes += 1
             self.gop, self._gop_bytes = [item], size
             return
@@ -185,7 +188,7 @@ class Registry:
         self.settings = settings
         self.streams: dict[str, Stream] = {}
         self.ended: deque[Stream] = deque(maxlen=settings.ended_streams_kept)
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._watchers: dict[str, list[Callable[[Stream], None]]] = {}
 
     def get(self, bot_id: str) -> Stream | None:
         return self.streams.get(bot_id)
@@ -196,9 +199,8 @@ class Registry:
         if stream is None:
             stream = self.streams[bot_id] = Stream(bot_id, self.settings)
             log.info("stream started bot_id=%s", bot_id)
-            for waiter in self._waiters.pop(bot_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            for callback in self._watchers.pop(bot_id, ()):
+                callback(stream)
         return stream
 
     def close(self, stream: Stream) -> None:
@@ -207,19 +209,16 @@ class Registry:
             del self.streams[stream.bot_id]
             self.ended.appendleft(stream)
 
-    async def wait_for(self, bot_id: str, timeout: float) -> Stream | None:
-        """The stream once it exists, or None after ``timeout`` seconds."""
-        if bot_id in self.streams:
-            return self.streams[bot_id]
-        waiter = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(bot_id, set())
-        waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            return None
-        finally:
-            waiters.discard(waiter)
-            if not waiters and self._waiters.get(bot_id) is waiters:
-                del self._waiters[bot_id]
-        return self.streams.get(bot_id)
+    def watch(self, bot_id: str, callback: Callable[[Stream], None]) -> Callable[[], None]:
+        """Call ``callback`` synchronously when ``bot_id`` opens, before any media reaches the stream,
+        so an early viewer misses nothing. Returns a function that cancels the watch."""
+        watchers = self._watchers.setdefault(bot_id, [])
+        watchers.append(callback)
+
+        def cancel() -> None:
+            if callback in watchers:
+                watchers.remove(callback)
+            if not watchers and self._watchers.get(bot_id) is watchers:
+                del self._watchers[bot_id]
+
+        return cancel

@@ -138,15 +138,15 @@ class _Sink:
 def _mux_options(
     fragmentation: str, frag_duration: float, separate_moof: bool, audio_only: bool
 ) -> dict[str, str]:
-    if fragmentation not in ("keyframe", "duration"):
-        raise ValueError(f"fragmentation must be 'keyframe' or 'duration', not {fragmentation!r}")
+    if fragmentation not in ("keyframe", "duration", "both"):
+        raise ValueError(f"fragmentation must be 'keyframe', 'duration' or 'both', not {fragmentation!r}")
     flags = ["empty_moov", "default_base_moof"]
     options: dict[str, str] = {}
     # frag_keyframe only looks at video keyframes, so audio-only output is cut
     # by duration too (every audio packet is a sync sample anyway).
-    if fragmentation == "keyframe":
+    if fragmentation in ("keyframe", "both"):
         flags.insert(0, "frag_keyframe")
-    if fragmentation == "duration" or audio_only:
+    if fragmentation in ("duration", "both") or audio_only:
         options["frag_duration"] = str(round(frag_duration * 1_000_000))
     if separate_moof:
         flags.append("separate_moof")
@@ -297,7 +297,8 @@ def encode_fmp4(
 
     fragmentation="keyframe" starts a fragment at every video keyframe;
     "duration" cuts every `frag_duration` seconds regardless of keyframes, so
-    with gop/fps > frag_duration some fragments start mid-GOP.
+    with gop/fps > frag_duration some fragments start mid-GOP; "both" cuts at
+    every keyframe and every `frag_duration` (GOPs of several fragments).
     """
     pattern = LivePattern(
         video=video,

@@ -45,5 +45,5 @@ class WireFragment:
         return self._frame
 
     @property
-    def keyframe(self) -> bool:
-        return self.fragment.keyframe
+    def random_access(self) -> bool:
+        return self.fragment.random_access

@@ -34,6 +34,7 @@ class Fragment:
     data: bytes
     offset: int
     keyframe: bool  # every video track starts with a sync sample (always true for audio-only)
+    random_access: bool  # every video track has a sync sample somewhere: a viewer can join here
     decode_time: float  # seconds, on the primary track's clock
     duration: float  # seconds, on the primary track
     runs: tuple[TrackRun, ...]
@@ -49,6 +50,7 @@ class Fragment:
             "decode_time": round(self.decode_time, 6),
             "duration": round(self.duration, 6),
             "keyframe": self.keyframe,
+            "random_access": self.random_access,
         }
 
 
@@ -151,11 +153,14 @@ class FragmentAssembler:
         start = self._next_decode[primary.track_id] - primary.duration
         video_ids = {t.track_id for t in info.video_tracks}
         video_runs = [r for r in runs if r.track_id in video_ids]
-        keyframe = all(r.starts_with_sync for r in video_runs) and (bool(video_runs) or not video_ids)
+        has_video = bool(video_runs) or not video_ids
+        keyframe = has_video and all(r.starts_with_sync for r in video_runs)
+        random_access = has_video and all(r.has_sync for r in video_runs)
         fragment = Fragment(
             data=b"".join(b.data for b in self._pending),
             offset=self._pending[0].offset,
             keyframe=keyframe,
+            random_access=random_access,
             decode_time=start / timescale,
             duration=primary.duration / timescale,
             runs=runs,

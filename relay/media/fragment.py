@@ -44,6 +44,7 @@ class TrackRun:
     duration: int
     samples: int
     starts_with_sync: bool
+    has_sync: bool  # a sync sample anywhere in the run: a decoder can join here, dropping what precedes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,8 @@ class MoofInfo:
     data_end: int  # bytes from the moof's first byte to the end of the last sample it references
 
 
-def _trun(buf: bytes, payload: int, defaults: TrackDefaults) -> tuple[int, int, int, bool, int | None]:
-    """(sample count, duration, data bytes, first sample is sync, data offset or None)."""
+def _trun(buf: bytes, payload: int, defaults: TrackDefaults) -> tuple[int, int, int, bool, bool, int | None]:
+    """(sample count, duration, data bytes, first sample is sync, any sample is sync, data offset or None)."""
     (version_flags, count) = struct.unpack_from(">II", buf, payload)
     flags = version_flags & 0xFFFFFF
     pos = payload + 8
@@ -71,19 +72,19 @@ def _trun(buf: bytes, payload: int, defaults: TrackDefaults) -> tuple[int, int, 
         raise MediaError(f"trun declares {count} samples but is too short for them")
     duration = defaults.duration * count
     size = defaults.size * count
-    if _SAMPLE_DURATION in fields or _SAMPLE_SIZE in fields:
-        table = struct.unpack_from(f">{len(fields) * count}I", buf, pos)
-        if _SAMPLE_DURATION in fields:
-            duration = sum(table[fields.index(_SAMPLE_DURATION) :: len(fields)])
-        if _SAMPLE_SIZE in fields:
-            size = sum(table[fields.index(_SAMPLE_SIZE) :: len(fields)])
-    if count and _SAMPLE_FLAGS in fields:
-        (sample_flags,) = struct.unpack_from(">I", buf, pos + 4 * fields.index(_SAMPLE_FLAGS))
-    elif first_flags is not None:
-        sample_flags = first_flags
+    table = struct.unpack_from(f">{len(fields) * count}I", buf, pos) if fields else ()
+    if _SAMPLE_DURATION in fields:
+        duration = sum(table[fields.index(_SAMPLE_DURATION) :: len(fields)])
+    if _SAMPLE_SIZE in fields:
+        size = sum(table[fields.index(_SAMPLE_SIZE) :: len(fields)])
+    if _SAMPLE_FLAGS in fields:
+        flags_column = table[fields.index(_SAMPLE_FLAGS) :: len(fields)]
+        first_sync = bool(count) and is_sync(flags_column[0])
+        any_sync = any(is_sync(f) for f in flags_column)
     else:
-        sample_flags = defaults.flags
-    return count, duration, size, is_sync(sample_flags), data_offset
+        first_sync = count > 0 and is_sync(defaults.flags if first_flags is None else first_flags)
+        any_sync = first_sync or (count > 1 and is_sync(defaults.flags))
+    return count, duration, size, first_sync, any_sync, data_offset
 
 
 def parse_moof(moof: bytes, init: InitInfo, moof_offset: int = 0) -> MoofInfo:
@@ -134,21 +135,23 @@ def _parse_moof(moof: bytes, init: InitInfo, moof_offset: int) -> MoofInfo:
             (decode_time,) = struct.unpack_from(fmt, moof, tfdt[0] + 4)
         samples = duration = 0
         first_sync: bool | None = None
+        any_sync = False
         cursor = base
         for run_type, run_payload, _ in iter_children(moof, payload, end):
             if run_type != "trun":
                 continue
-            count, run_duration, run_size, sync, data_offset = _trun(moof, run_payload, defaults)
+            count, run_duration, run_size, sync, has_sync, data_offset = _trun(moof, run_payload, defaults)
             if data_offset is not None:
                 cursor = base + data_offset
             cursor += run_size
             data_end = max(data_end, cursor)
             if first_sync is None and count:
                 first_sync = sync
+            any_sync = any_sync or has_sync
             samples += count
             duration += run_duration
         previous_traf_end = cursor
-        runs.append(TrackRun(track_id, decode_time, duration, samples, bool(first_sync)))
+        runs.append(TrackRun(track_id, decode_time, duration, samples, bool(first_sync), any_sync))
     if not runs:
         raise MediaError("moof has no traf")
     return MoofInfo(tuple(runs), data_end)
