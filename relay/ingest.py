@@ -7,6 +7,7 @@ but the media that arrived before it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -46,10 +47,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     session = IngestSession(request.app, ws, peer)
     request.app[keys.INGEST_SESSIONS].add(session)
     log.info("ingest connected peer=%s", peer)
-    try:
-        await session.run()
-    finally:
-        request.app[keys.INGEST_SESSIONS].discard(session)
+    await session.run()  # the session leaves INGEST_SESSIONS once its outputs are finalized
     return ws
 
 
@@ -85,8 +83,16 @@ class IngestSession:
                 elif msg.type == WSMsgType.ERROR:
                     self.close_reason = f"connection error: {self.ws.exception()}"
                     log.warning("ingest error peer=%s bot_id=%s error=%s", self.peer, self.bot_id, self.ws.exception())
+                    if self.stream is not None:
+                        self.stream.errors.append(self.close_reason)
         finally:
-            await self.finish()
+            # In a task of its own, shielded: when the handler is cancelled (aiohttp does that when the
+            # client's connection drops if handler_cancellation is on, as in its TestServer, and at the
+            # end of a shutdown's grace period) the recording is still written out and the stream
+            # still finalized, instead of the cancellation cutting through the recorder's writer task.
+            finishing = self.app[keys.BACKGROUND].spawn(self.finish())
+            finishing.add_done_callback(lambda _: self.app[keys.INGEST_SESSIONS].discard(self))
+            await asyncio.shield(finishing)
 
     # -- text ---------------------------------------------------------------------------------
     async def on_text(self, text: str) -> None:
@@ -113,7 +119,10 @@ class IngestSession:
             log.warning("ping lacks fields peer=%s bot_id=%s missing=%s", self.peer, self.bot_id,
                         sorted({"seq", "sent_at_ms", "bot_id"} - reply.keys()))
         reply = {"type": "video_latency_pong", **reply, "server_received_at_ms": int(received_ms)}
-        await self.ws.send_str(json.dumps(reply))
+        try:
+            await self.ws.send_str(json.dumps(reply))
+        except ConnectionError:
+            log.info("pong not sent bot_id=%s: the connection is gone", self.bot_id)
         sent = ping.get("sent_at_ms")
         if self.stream is not None and isinstance(sent, (int, float)) and not isinstance(sent, bool):
             self.stream.one_way_delay_ms = round(received_ms - sent, 1)

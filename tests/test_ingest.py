@@ -314,11 +314,13 @@ async def test_two_bots_at_once_stay_apart(relay: Callable, http: aiohttp.Client
     streams = {"bot-a": media(**FAST), "bot-b": media(**OTHER)}
 
     async def run(bot_id: str, data: bytes, n: int) -> TracingBot:
-        async with TracingBot(url, bot_id, ping_interval=0.05, seed=seed + n, max_chunk=2048) as bot:
+        async with TracingBot(url, bot_id, ping_interval=0, seed=seed + n, max_chunk=2048) as bot:
             await start_for_viewers(http, server, bot, data)
+            await bot.ping(1)
             await bot.send(data)
+            await bot.ping(2)
             await bot.end(1.0)
-            await wait_until(lambda: bot.report.pongs == bot.report.pings, "pongs")
+            await wait_until(lambda: bot.report.pongs == 2, "pongs")
         return bot
 
     async with viewer(server, "bot-a") as watch_a, viewer(server, "bot-b") as watch_b:
@@ -327,7 +329,8 @@ async def test_two_bots_at_once_stay_apart(relay: Callable, http: aiohttp.Client
     for bot, watcher in zip(bots, (watch_a, watch_b)):
         data = streams[bot.bot_id]
         init, fragments = split(data)
-        assert bot.report.pong_errors == [] and bot.report.pings > 0
+        assert bot.report.pong_errors == []
+        assert {p["bot_id"] for _, p in bot.pong_log} == {bot.bot_id}
         check_recording(only_recording(recordings_of(server) / bot.bot_id), data, bot.sent_json[0])
         state = await wait_ended(http, server, bot.bot_id)
         assert state["mime"] == init.mime
@@ -575,7 +578,7 @@ async def test_unknown_messages_and_extra_fields_are_tolerated(relay: Callable, 
             pos = cut
         odd = [{"type": "whatever", "x": 1}, {"no_type": True}, {"type": None}, {"type": 7, "bot_id": "other"},
                {"type": "video_stream_stats", "fps": 24.9, "bitrate": [1, 2]}]
-        for i, chunk in enumerate(chunks):
+        for chunk in chunks:
             await bot.send_raw(chunk)
             if rng.random() < 0.3:
                 await bot.send_json(rng.choice(odd))
@@ -605,16 +608,18 @@ async def test_recording_failure_does_not_stop_the_relay(relay: Callable, http: 
     data = media(**FAST)
     init, fragments = split(data)
     async with viewer(server, "nodisk") as watcher:
-        async with TracingBot(ingest_url(server), "nodisk", ping_interval=0.05, seed=seed, max_chunk=4096) as bot:
+        async with TracingBot(ingest_url(server), "nodisk", ping_interval=0, seed=seed, max_chunk=4096) as bot:
             await start_for_viewers(http, server, bot, data)
             await bot.send(data)
+            await bot.ping(1)
+            await wait_until(lambda: bot.report.pongs == 1, "the pong")
             live = await wait_status(http, server, "nodisk", lambda s: s["fragments"] == len(fragments)
                                      and s["recording"]["error"] is not None, "the recording error while live")
             await bot.end(2.0)
         await asyncio.wait_for(watcher.ended.wait(), 10)
     assert live["state"] == "live"
     assert watcher.binaries == [init.data] + [f.data for f in fragments]
-    assert bot.report.close_code == 1000 and bot.report.pong_errors == [] and bot.report.pings > 0
+    assert bot.report.close_code == 1000 and bot.report.pong_errors == [] and bot.report.pongs == 1
     state = await wait_ended(http, server, "nodisk")
     assert "nodisk" in state["recording"]["error"]
     assert state["recording"]["bytes"] == 0 and state["recording"]["bytes_lost"] == len(data)
@@ -690,6 +695,7 @@ async def test_frame_over_the_limit_closes_1009(relay: Callable, http: aiohttp.C
     assert state["fragments"] == 1
     path = only_recording(recordings_of(server) / "toolarge")
     assert sha(path.read_bytes()) == sha(head)
+    assert "exceeds limit" in sidecar(path)["end_reason"], sidecar(path)["end_reason"]
     # The server carries on.
     other = media(**OTHER)
     async with TracingBot(ingest_url(server), "next", ping_interval=0, seed=seed + 1, max_chunk=4096) as bot2:
