@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
-from . import keys
+from . import api, keys, recordings
 from .background import Background
 from .config import Settings
 from .fanout import handle_viewer
 from .ingest import handle_ingest
+from .metrics import Metrics
+from .pages import setup_pages
+from .storage import Storage
 from .stream import Registry
 
 log = logging.getLogger("relay")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
-async def list_streams(request: web.Request) -> web.Response:
-    registry = request.app[keys.REGISTRY]
-    return web.json_response({
-        "streams": [s.status() for s in registry.streams.values()],
-        "ended": [s.status() for s in registry.ended],
-    })
-
-
-async def get_stream(request: web.Request) -> web.Response:
-    registry = request.app[keys.REGISTRY]
-    bot_id = request.match_info["bot_id"]
-    stream = registry.get(bot_id) or next((s for s in registry.ended if s.bot_id == bot_id), None)
-    if stream is None:
-        raise web.HTTPNotFound(text=f"no stream {bot_id!r}\n")
-    return web.json_response(stream.status())
-
-
-async def _close_ingests(app: web.Application) -> None:
-    """Tell every bot we are going away; their sessions then finalize recordings before exit."""
+async def _close_connections(app: web.Application) -> None:
+    """Tell every viewer and bot we are going away; bot sessions then finalize recordings before exit."""
+    for stream in list(app[keys.REGISTRY].streams.values()):
+        for consumer in list(stream.consumers):
+            consumer.close(WSCloseCode.GOING_AWAY, "server shutting down")
     sessions = list(app[keys.INGEST_SESSIONS])
     if sessions:
         log.info("shutting down: closing %d ingest connection(s)", len(sessions))
@@ -51,18 +38,40 @@ async def _drain(app: web.Application) -> None:
     await app[keys.BACKGROUND].drain()
 
 
+def _active_recordings(app: web.Application) -> set[Path]:
+    return {s.recording.path for s in app[keys.REGISTRY].streams.values() if s.recording is not None}
+
+
+async def _storage_watch(app: web.Application):
+    task = asyncio.create_task(app[keys.STORAGE].watch(lambda: _active_recordings(app)))
+    yield
+    task.cancel()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[keys.SETTINGS] = settings
     app[keys.REGISTRY] = Registry(settings)
+    app[keys.METRICS] = Metrics(app[keys.REGISTRY], settings.metrics_max_streams)
+    app[keys.STORAGE] = Storage(settings)
     app[keys.BACKGROUND] = Background()
     app[keys.INGEST_SESSIONS] = set()
-    app.router.add_get("/ingest", handle_ingest)
-    app.router.add_get("/ingest/{token}", handle_ingest)
-    app.router.add_get("/ws/watch/{bot_id}", handle_viewer)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/api/streams", list_streams)
-    app.router.add_get("/api/streams/{bot_id}", get_stream)
-    app.on_shutdown.append(_close_ingests)
+    add = app.router.add_get
+    add("/ingest", handle_ingest)
+    add("/ingest/{token}", handle_ingest)
+    add("/ws/watch/{bot_id}", handle_viewer)
+    add("/api/streams", api.list_streams)
+    add("/api/streams/{bot_id}", api.get_stream)
+    add("/api/streams/{bot_id}/thumbnail.jpg", api.thumbnail)
+    add("/api/recordings", recordings.api_list)
+    add("/recordings/{bot_id}/{name}.mp4", recordings.download)
+    add("/recordings/{bot_id}/{name}.m3u8", recordings.playlist)
+    app.router.add_delete("/recordings/{bot_id}/{name}", recordings.delete)
+    add("/metrics", api.metrics)
+    add("/healthz", api.healthz)
+    add("/readyz", api.readyz)
+    setup_pages(app)
+    app.cleanup_ctx.append(_storage_watch)
+    app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_drain)
     return app

@@ -46,6 +46,13 @@ class Settings:
     viewer_queue_bytes: int = _setting(8 << 20, "unsent bytes a viewer may lag before it skips to the next keyframe", "bytes")
     viewer_max_behind: float = _setting(30.0, "seconds a viewer may stay behind before it is disconnected")
     viewer_wait_timeout: float = _setting(60.0, "seconds a viewer of an unknown stream waits for it to appear")
+    thumbnail_interval: float = _setting(5.0, "seconds a stream's thumbnail is reused before a new one is made")
+    metrics_max_streams: int = _setting(100, "streams with their own series in /metrics (the busiest ones)")
+    retention_days: float = _setting(0.0, "delete recordings older than this many days (0 keeps them forever)")
+    min_free_space: int = _setting(256 << 20, "below this much free disk, recording stops (the live relay goes on)", "bytes")
+    storage_check_interval: float = _setting(30.0, "seconds between checks of free space and retention")
+    remux_on_end: bool = _setting(False, "also write a regular MP4 (moov first) when a recording ends")
+    meetstream_api_base: str = _setting("https://api.meetstream.ai", "MeetStream API base URL, for create-bot")
 
     @classmethod
     def from_sources(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -73,6 +80,10 @@ class Settings:
 def _convert(f: Any, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    if isinstance(f.default, bool):
+        if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            raise ValueError(f"RELAY_{f.name.upper()} must be true or false, not {raw!r}")
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     if f.metadata.get("kind") == "bytes":
         return parse_size(raw)
     return type(f.default)(raw)
@@ -84,10 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = f.metadata.get("kind")
         shown = f"{f.default >> 20}M" if kind == "bytes" and f.default >= 1 << 20 else f.default
-        parser.add_argument(
-            flag, dest=f.name, default=None, metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env RELAY_{f.name.upper()}, default {shown!r})",
-        )
+        text = f"{f.metadata['help']} (env RELAY_{f.name.upper()}, default {shown!r})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
 
 
 def describe() -> list[tuple[str, str, str, str]]:

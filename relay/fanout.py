@@ -29,6 +29,7 @@ CLOSE_UNKNOWN_STREAM = 4404
 CLOSE_TOO_SLOW = 4408
 _CLIENT_STATS = ("latency", "buffered", "dropped", "decoded", "reconnects", "width", "height")
 _CLOSE_TIMEOUT = 2.0
+_DISCONNECT_REASONS = {1000: "stream_ended", CLOSE_UNKNOWN_STREAM: "unknown_stream", CLOSE_TOO_SLOW: "too_slow"}
 
 
 class Viewer:
@@ -91,6 +92,9 @@ class Viewer:
         self.need_keyframe = False
         self.write(data)
         self.fragments_sent += 1
+
+    def on_waiting(self, reason: str) -> None:
+        self.send_json({"type": "waiting", "reason": reason})
 
     def on_end(self) -> None:
         self.send_json({"type": "end"})
@@ -194,6 +198,8 @@ async def handle_viewer(request: web.Request) -> web.StreamResponse:
     stream = registry.get(bot_id)
     unwatch, timer = None, None
     log.info("viewer connected bot_id=%s peer=%s", bot_id, peer)
+    metrics = request.app[keys.METRICS]
+    metrics.viewers_total.inc()
     if stream is not None:
         viewer.join(stream)
     else:
@@ -210,6 +216,7 @@ async def handle_viewer(request: web.Request) -> web.StreamResponse:
             unwatch()
             timer.cancel()
         viewer.left()
+        metrics.viewer_left(viewer, _DISCONNECT_REASONS.get(ws.close_code, "client"))
         log.info("viewer left bot_id=%s peer=%s fragments=%d bytes=%d skipped=%d close_code=%s",
                  bot_id, peer, viewer.fragments_sent, viewer.bytes_sent, viewer.skipped, ws.close_code)
     return ws

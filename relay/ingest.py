@@ -39,13 +39,17 @@ def token_ok(request: web.Request, token: str) -> bool:
 async def handle_ingest(request: web.Request) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
     peer = request.remote or "?"
+    metrics = request.app[keys.METRICS]
     if settings.ingest_token and not token_ok(request, settings.ingest_token):
         log.warning("ingest refused peer=%s reason=%r", peer, "invalid or missing ingest token")
+        metrics.refused.labels("ingest_token").inc()
         raise web.HTTPUnauthorized(text="invalid or missing ingest token\n")
     ws = web.WebSocketResponse(max_msg_size=settings.max_frame_size, autoping=True)
     await ws.prepare(request)
     session = IngestSession(request.app, ws, peer)
     request.app[keys.INGEST_SESSIONS].add(session)
+    metrics.ingest_connections.inc()
+    metrics.ingest_open.inc()
     log.info("ingest connected peer=%s", peer)
     await session.run()  # the session leaves INGEST_SESSIONS once its outputs are finalized
     return ws
@@ -58,6 +62,7 @@ class IngestSession:
         self.peer = peer
         self.settings = app[keys.SETTINGS]
         self.registry = app[keys.REGISTRY]
+        self.metrics = app[keys.METRICS]
         self.stream: Stream | None = None
         self.recording: Recording | None = None
         self.assembler: FragmentAssembler | None = None
@@ -83,6 +88,7 @@ class IngestSession:
                 elif msg.type == WSMsgType.ERROR:
                     self.close_reason = f"connection error: {self.ws.exception()}"
                     log.warning("ingest error peer=%s bot_id=%s error=%s", self.peer, self.bot_id, self.ws.exception())
+                    self.metrics.refused.labels("frame_error").inc()
                     if self.stream is not None:
                         self.stream.errors.append(self.close_reason)
         finally:
@@ -100,9 +106,9 @@ class IngestSession:
         try:
             msg = json.loads(text)
         except ValueError:
-            return await self.refuse(INVALID_DATA, "text frame is not JSON")
+            return await self.refuse(INVALID_DATA, "text frame is not JSON", "invalid_json")
         if not isinstance(msg, dict):
-            return await self.refuse(INVALID_DATA, "text frame is not a JSON object")
+            return await self.refuse(INVALID_DATA, "text frame is not a JSON object", "invalid_json")
         kind = msg.get("type")
         if kind == "video_latency_ping":
             await self.pong(msg, received_ms)
@@ -124,14 +130,16 @@ class IngestSession:
         except ConnectionError:
             log.info("pong not sent bot_id=%s: the connection is gone", self.bot_id)
         sent = ping.get("sent_at_ms")
-        if self.stream is not None and isinstance(sent, (int, float)) and not isinstance(sent, bool):
-            self.stream.one_way_delay_ms = round(received_ms - sent, 1)
+        if isinstance(sent, (int, float)) and not isinstance(sent, bool):
+            self.metrics.ping_delay.observe(max(0.0, (received_ms - sent) / 1000))
+            if self.stream is not None:
+                self.stream.one_way_delay_ms = round(received_ms - sent, 1)
 
     async def on_start(self, msg: dict[str, Any]) -> None:
         bot_id = msg.get("bot_id")
         problem = bot_id_problem(bot_id)
         if problem:
-            return await self.refuse(POLICY, f"invalid bot_id: {problem}")
+            return await self.refuse(POLICY, f"invalid bot_id: {problem}", "invalid_bot_id")
         if self.stream is None:
             return await self.begin(bot_id, msg)
         if bot_id == self.stream.bot_id:
@@ -149,6 +157,7 @@ class IngestSession:
 
     # -- media --------------------------------------------------------------------------------
     async def on_binary(self, data: bytes) -> None:
+        self.metrics.bytes_in.inc(len(data))
         if self.stream is not None:
             return await self.media(data)
         self.prestart.append(data)
@@ -175,7 +184,8 @@ class IngestSession:
         self.stream = stream
         self.assembler = FragmentAssembler(self.settings.max_box_size)
         self.recording = Recording(
-            Path(self.settings.recordings), bot_id, self.settings, start, self.peer, stream.errors.append
+            Path(self.settings.recordings), bot_id, self.settings, start, self.peer, stream.errors.append,
+            self.metrics, self.app[keys.STORAGE],
         )
         stream.recording = self.recording
         log.info("stream start bot_id=%s peer=%s connection=%d meta=%s", bot_id, self.peer, stream.connections,
@@ -192,7 +202,7 @@ class IngestSession:
             events = self.assembler.feed(data)
         except MediaError as exc:
             self.assembler = None
-            return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}")
+            return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}", "invalid_media")
         self.dispatch(events)
 
     def dispatch(self, events: list) -> None:
@@ -203,12 +213,16 @@ class IngestSession:
                     self.stream.set_init(event)
             else:
                 self.recording.add_fragment(event)
+                self.metrics.fragments.inc()
+                if event.random_access:
+                    self.metrics.keyframes.inc()
                 if self.owns_stream:
                     self.stream.add_fragment(event)
 
     # -- endings ------------------------------------------------------------------------------
-    async def refuse(self, code: int, reason: str) -> None:
+    async def refuse(self, code: int, reason: str, label: str) -> None:
         """Close this connection only, saying why; other streams are untouched."""
+        self.metrics.refused.labels(label).inc()
         log.warning("ingest refused peer=%s bot_id=%s reason=%r", self.peer, self.bot_id, reason)
         self.close_reason = reason
         if self.stream is not None:
@@ -250,4 +264,5 @@ class IngestSession:
                         self.peer, self.prestart_bytes, name)
             await self.begin(name, {})
         await self.close_outputs(ended=False)
+        self.metrics.ingest_open.dec()
         log.info("ingest closed peer=%s reason=%r", self.peer, self.close_reason)

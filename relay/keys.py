@@ -8,9 +8,13 @@ from aiohttp import web
 
 from .background import Background
 from .config import Settings
+from .metrics import Metrics
+from .storage import Storage
 from .stream import Registry
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
 BACKGROUND = web.AppKey("background", Background)
 INGEST_SESSIONS: web.AppKey[set[Any]] = web.AppKey("ingest_sessions", set)
+METRICS = web.AppKey("metrics", Metrics)
+STORAGE = web.AppKey("storage", Storage)

@@ -9,6 +9,7 @@ atomically (temp file + rename), so it is never half-written.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ class Recording:
         start_message: dict[str, Any] | None,
         peer: str,
         on_error: Callable[[str], None] = lambda message: None,
+        metrics: Any = None,
+        storage: Any = None,
     ) -> None:
         self.bot_id = bot_id
         self.settings = settings
@@ -44,6 +47,8 @@ class Recording:
         self.start_message = start_message or {}
         self.peer = peer
         self.on_error = on_error
+        self.metrics = metrics
+        self.storage = storage
         self.bytes_written = 0
         self.bytes_lost = 0
         self.error: str | None = None
@@ -110,12 +115,17 @@ class Recording:
                 pass
             self._wake.clear()
             while self._pending and self.error is None:
+                if self.storage is not None and self.storage.low_space:
+                    self._fail(OSError(errno.ENOSPC, "free disk space is below the min_free_space setting"))
+                    break
                 batch, self._pending = self._pending, []
                 size = sum(len(b) for b in batch)
                 try:
                     await asyncio.to_thread(self._write_batch, batch)
                     self.bytes_written += size
                     self._pending_bytes -= size
+                    if self.metrics is not None:
+                        self.metrics.recording_bytes.inc(size)
                 except OSError as exc:
                     self._fail(exc)
                 if self._pending_bytes <= self.settings.recorder_backlog:
@@ -137,6 +147,8 @@ class Recording:
         self._pending_bytes = 0
         self._room.set()
         if self.error is None:
+            if self.metrics is not None:
+                self.metrics.recording_errors.inc()
             self.error = f"{exc.strerror or exc} ({self.path})"
             log.error("recording failed bot_id=%s path=%s error=%r: the live relay continues", self.bot_id, self.path, self.error)
             self.on_error(f"recording: {self.error}")

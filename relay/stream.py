@@ -26,8 +26,10 @@ _BITRATE_WINDOW = 10.0  # seconds of arrivals the bitrate is averaged over
 class Consumer(Protocol):
     def on_init(self, init: InitSegment) -> None: ...
     def on_fragment(self, item: WireFragment) -> None: ...
+    def on_waiting(self, reason: str) -> None: ...
     def on_end(self) -> None: ...
     def status(self) -> dict[str, Any]: ...
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Stream:
@@ -53,6 +55,7 @@ class Stream:
         self.errors: list[str] = []
         self.recording: Any = None  # the current Recording, for status
         self.owner: Any = None  # the ingest session feeding the stream; None while reconnecting
+        self.thumbnailer: Any = None  # made on the first thumbnail request: no work for unwatched streams
         self._arrivals: deque[tuple[float, int]] = deque()
         self._grace: asyncio.TimerHandle | None = None
         self.ended = asyncio.Event()
@@ -112,6 +115,8 @@ class Stream:
         self.state = RECONNECTING
         loop = asyncio.get_running_loop()
         self._grace = loop.call_later(self.settings.reconnect_grace, on_timeout)
+        for consumer in list(self.consumers):
+            consumer.on_waiting("the bot is reconnecting")
 
     def resumed(self) -> None:
         if self._grace is not None:
@@ -152,8 +157,12 @@ class Stream:
         span = self._arrivals[-1][0] - self._arrivals[0][0]
         return 8 * sum(size for _, size in list(self._arrivals)[1:]) / span if span > 0 else 0.0
 
+    @property
+    def last_fragment_age(self) -> float | None:
+        return None if self.last_fragment_at is None else time.monotonic() - self.last_fragment_at
+
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
+        age = self.last_fragment_age
         info = self.init.info.describe() if self.init else None
         return {
             "bot_id": self.bot_id,
@@ -172,7 +181,7 @@ class Stream:
             "media_duration": round(self.media_duration, 3),
             "gop_fragments": len(self.gop),
             "gop_overflows": self.gop_overflows,
-            "last_fragment_age": None if self.last_fragment_at is None else round(now - self.last_fragment_at, 3),
+            "last_fragment_age": None if age is None else round(age, 3),
             "one_way_delay_ms": self.one_way_delay_ms,
             "viewers": len(self.consumers),
             "viewer_list": [c.status() for c in self.consumers],
