@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,29 @@ async def _simulate(args: argparse.Namespace) -> int:
     return 1 if report.pong_errors else 0
 
 
+async def _create_bot(args: argparse.Namespace) -> int:
+    from .createbot import CreateBotError, create_bot, ingest_url, payload, watch_url
+
+    settings = Settings.from_sources({"public_url": args.public_url, "meetstream_api_base": args.api_base})
+    api_key = args.api_key or os.environ.get("MEETSTREAM_API_KEY", "")
+    if not api_key:
+        print("create-bot needs --api-key or MEETSTREAM_API_KEY", file=sys.stderr)
+        return 2
+    if not settings.public_url:
+        print("create-bot needs --public-url (or RELAY_PUBLIC_URL): the https:// or wss:// address MeetStream "
+              "can reach this relay at", file=sys.stderr)
+        return 2
+    websocket_url = ingest_url(settings.public_url, settings.ingest_token)
+    try:
+        answer = await create_bot(settings.meetstream_api_base, api_key,
+                                  payload(args.meeting_link, websocket_url, args.bot_name))
+    except (CreateBotError, OSError) as exc:
+        print(f"create-bot failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"bot_id: {answer['bot_id']}\nwatch:  {watch_url(settings.public_url, answer['bot_id'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay", description="Live fMP4 relay for MeetStream bots.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--duration", type=float, default=None, help="seconds of testsrc (default: until stopped)")
     sim.add_argument("--seed", type=int, default=None, help="seed for the chunk sizes")
     sim.add_argument("--log-level", default="info")
+    rem = commands.add_parser("remux", help="write a regular MP4 (moov first) from a recording, without re-encoding")
+    rem.add_argument("recording", type=Path)
+    rem.add_argument("--out", type=Path, default=None, help="default: <recording>.remux.mp4")
+    bot = commands.add_parser("create-bot", help="create a MeetStream bot that streams to this relay")
+    bot.add_argument("--meeting-link", required=True)
+    bot.add_argument("--api-key", default="", help="default: $MEETSTREAM_API_KEY")
+    bot.add_argument("--public-url", default=None, help="where MeetStream reaches this relay (default: $RELAY_PUBLIC_URL)")
+    bot.add_argument("--api-base", default=None, help="MeetStream API base (default: $RELAY_MEETSTREAM_API_BASE)")
+    bot.add_argument("--bot-name", default="")
     args = parser.parse_args(argv)
+    if args.command == "remux":
+        from .remux import remux
+
+        logs.configure()
+        print(remux(args.recording, args.out))
+        return 0
+    if args.command == "create-bot":
+        return asyncio.run(_create_bot(args))
     if args.command == "simulate":
         logs.configure(args.log_level)
         return asyncio.run(_simulate(args))

@@ -21,6 +21,7 @@ from . import keys
 from .ids import bot_id_problem, connection_name
 from .media import FragmentAssembler, InitSegment, MediaError
 from .recorder import Recording
+from .remux import remux
 from .stream import ENDED, Stream
 
 log = logging.getLogger("relay.ingest")
@@ -247,6 +248,8 @@ class IngestSession:
             except MediaError as exc:
                 log.info("bot_id=%s: %s; the recording keeps those bytes", stream.bot_id, exc)
         await recording.close(self.close_reason)
+        if self.settings.remux_on_end and recording.bytes_written and recording.error is None:
+            self.app[keys.BACKGROUND].spawn(asyncio.to_thread(remux, recording.path))
         if stream.owner is self:
             stream.owner = None
             if ended:
