@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from . import config, logs
 from .app import create_app
 from .config import Settings
+from .server import Server
 
 log = logging.getLogger("relay")
 
@@ -24,37 +24,43 @@ def _ingest_url(settings: Settings) -> str:
     return f"ws://{host}:{settings.port}/ingest{query}"
 
 
-def serve(settings: Settings) -> None:
-    import uvloop
+async def _serve(settings: Settings, demo: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order: viewers and bots told, recordings finalized."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = await Server(create_app(settings), settings).start()
+    log.info("recordings=%s", Path(settings.recordings).resolve())
+    tasks = [asyncio.create_task(_demo_bot(settings.with_(port=server.port)))] if demo else []
+    if demo:
+        print(f"\n  relay demo is live: open {settings.base_url}/watch/demo  (dashboard: {settings.base_url}/)\n",
+              flush=True)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.stop()
 
-    log.info("relay serving on http://%s:%d recordings=%s", settings.host, settings.port,
-             Path(settings.recordings).resolve())
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                loop=uvloop.new_event_loop(), handle_signals=True)
 
-
-async def _demo(settings: Settings) -> None:
+async def _demo_bot(settings: Settings) -> None:
+    """A simulated MeetStream bot streaming a live test pattern (with its capture clock drawn in) to this relay."""
     from .simulate import Bot, stream_live
     from .testsrc import LivePattern
 
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    print(f"\n  relay demo is live: open {settings.base_url}/watch/demo  (dashboard: {settings.base_url}/)\n",
-          flush=True)
-    try:
-        while True:
-            pattern = LivePattern(video="h264", audio="aac", width=640, height=360, fps=25, gop=25, clock=True)
-            try:
-                async with Bot(_ingest_url(settings), "demo") as bot:
-                    await stream_live(bot, pattern.chunks())
-            except Exception as exc:  # the demo bot restarts; the relay keeps serving
-                log.warning("demo bot stopped: %r; restarting", exc)
-                await asyncio.sleep(1)
-            finally:
-                pattern.close()
-    finally:
-        await runner.cleanup()
+    while True:
+        pattern = LivePattern(video="h264", audio="aac", width=640, height=360, fps=25, gop=25, clock=True)
+        try:
+            async with Bot(_ingest_url(settings), "demo") as bot:
+                await stream_live(bot, pattern.chunks())
+        except Exception as exc:  # the demo bot restarts; the relay keeps serving
+            log.warning("demo bot stopped: %r; restarting", exc)
+            await asyncio.sleep(1)
+        finally:
+            pattern.close()
 
 
 async def _simulate(args: argparse.Namespace) -> int:
@@ -105,6 +111,22 @@ async def _create_bot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sign_link(args: argparse.Namespace) -> int:
+    """Signed with the same key as the server (RELAY_SECRET, or derived from the passwords in the environment)."""
+    from .auth import Auth
+    from .ids import bot_id_problem
+
+    settings = Settings.from_sources({"public_url": args.public_url})
+    problem = bot_id_problem(args.bot_id)
+    if problem or not (settings.secret or settings.viewer_password):
+        print(problem or "sign-link needs RELAY_SECRET or RELAY_VIEWER_PASSWORD, as the server has", file=sys.stderr)
+        return 2
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    ttl = float(args.ttl[:-1]) * units[args.ttl[-1]] if args.ttl[-1] in units else float(args.ttl)
+    print(f"{settings.base_url}/watch/{args.bot_id}?{Auth(settings).sign_link(args.bot_id, ttl)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay", description="Live fMP4 relay for MeetStream bots.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     bot.add_argument("--public-url", default=None, help="where MeetStream reaches this relay (default: $RELAY_PUBLIC_URL)")
     bot.add_argument("--api-base", default=None, help="MeetStream API base (default: $RELAY_MEETSTREAM_API_BASE)")
     bot.add_argument("--bot-name", default="")
+    link = commands.add_parser("sign-link", help="print a link that opens one bot's live stream, for a while")
+    link.add_argument("bot_id")
+    link.add_argument("--ttl", default="2h", help="how long it works: 90s, 30m, 2h, 7d (default 2h)")
+    link.add_argument("--public-url", default=None, help="default: $RELAY_PUBLIC_URL or http://127.0.0.1:8080")
     args = parser.parse_args(argv)
     if args.command == "remux":
         from .remux import remux
@@ -139,17 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         logs.configure(args.log_level)
         return asyncio.run(_simulate(args))
+    if args.command == "sign-link":
+        return _sign_link(args)
     settings = Settings.from_sources(vars(args))
     logs.configure(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        serve(settings)
-        return 0
     import uvloop
 
-    try:
-        uvloop.run(_demo(settings))
-    except KeyboardInterrupt:
-        pass
+    uvloop.run(_serve(settings, demo=args.command == "demo"))
     return 0
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 
 from aiohttp import web
 
 from . import keys
+from .fanout import CLOSE_KICKED
 from .metrics import CONTENT_TYPE
 from .stream import Stream
 from .thumbnails import Thumbnailer
+
+log = logging.getLogger("relay.api")
 
 
 def _find(request: web.Request) -> Stream:
@@ -68,3 +72,26 @@ async def readyz(request: web.Request) -> web.Response:
     space_ok = await asyncio.to_thread(storage.check_space)
     body = {"ready": writable and space_ok, "recordings_writable": writable} | storage.status()
     return web.json_response(body, status=200 if body["ready"] else 503)
+
+
+async def end_stream(request: web.Request) -> web.Response:
+    """Admin: end a live stream now (its bot is disconnected; viewers get the end message)."""
+    stream = request.app[keys.REGISTRY].get(request.match_info["bot_id"])
+    if stream is None:
+        raise web.HTTPNotFound(text="no live stream by that id\n")
+    log.warning("stream ended by an admin bot_id=%s peer=%s", stream.bot_id, request.remote)
+    if stream.owner is not None:
+        await stream.owner.end_by_admin()
+    request.app[keys.REGISTRY].close(stream)
+    return web.json_response({"ended": stream.bot_id})
+
+
+async def kick_viewer(request: web.Request) -> web.Response:
+    """Admin: disconnect one viewer (its id is in the stream's ``viewer_list``)."""
+    try:
+        viewer = request.app[keys.VIEWERS][int(request.match_info["viewer_id"])]
+    except (KeyError, ValueError):
+        raise web.HTTPNotFound(text="no such viewer\n") from None
+    log.warning("viewer kicked by an admin bot_id=%s viewer=%d peer=%s", viewer.bot_id, viewer.id, viewer.peer)
+    viewer.close(CLOSE_KICKED, "disconnected by an admin")
+    return web.json_response({"kicked": viewer.id})

@@ -10,6 +10,7 @@ one that stays behind for ``viewer_max_behind`` seconds is disconnected with a r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from . import keys
 from .ids import bot_id_problem
+from .limits import refuse_request
 from .media import InitSegment
 from .stream import Stream
 from .wire import WireFragment, frame, text_frame
@@ -27,13 +29,18 @@ log = logging.getLogger("relay.fanout")
 
 CLOSE_UNKNOWN_STREAM = 4404
 CLOSE_TOO_SLOW = 4408
+CLOSE_KICKED = 4403
 _CLIENT_STATS = ("latency", "buffered", "dropped", "decoded", "reconnects", "width", "height")
 _CLOSE_TIMEOUT = 2.0
-_DISCONNECT_REASONS = {1000: "stream_ended", CLOSE_UNKNOWN_STREAM: "unknown_stream", CLOSE_TOO_SLOW: "too_slow"}
+_DISCONNECT_REASONS = {1000: "stream_ended", 1001: "shutdown", CLOSE_UNKNOWN_STREAM: "unknown_stream",
+                       CLOSE_TOO_SLOW: "too_slow", CLOSE_KICKED: "kicked"}
 
 
 class Viewer:
+    _ids = itertools.count(1)
+
     def __init__(self, app: web.Application, ws: web.WebSocketResponse, transport: Any, bot_id: str, peer: str) -> None:
+        self.id = next(self._ids)
         self.app = app
         self.ws = ws
         self.transport = transport
@@ -174,6 +181,7 @@ class Viewer:
 
     def status(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "peer": self.peer,
             "connected_for": round(time.time() - self.connected_at, 1),
             "bytes_sent": self.bytes_sent,
@@ -184,16 +192,41 @@ class Viewer:
         }
 
 
+def _check_limits(request: web.Request, bot_id: str) -> None:
+    settings = request.app[keys.SETTINGS]
+    if len(request.app[keys.VIEWERS]) >= settings.max_viewers:
+        refuse_request(request, web.HTTPServiceUnavailable, f"too many viewers (max_viewers={settings.max_viewers})",
+                       "max_viewers")
+    stream = request.app[keys.REGISTRY].get(bot_id)
+    if stream is not None and len(stream.consumers) >= settings.max_viewers_per_stream:
+        refuse_request(request, web.HTTPServiceUnavailable, "too many viewers of this stream "
+                       f"(max_viewers_per_stream={settings.max_viewers_per_stream})", "max_viewers_per_stream")
+
+
 async def handle_viewer(request: web.Request) -> web.StreamResponse:
     bot_id = request.match_info["bot_id"]
     peer = request.remote or "?"
-    ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
+    _check_limits(request, bot_id)
+    clients = request.app[keys.CLIENTS]
+    if not clients.acquire(peer):
+        refuse_request(request, web.HTTPTooManyRequests, "too many connections from this address", "max_connections_per_client")
+    try:
+        return await _serve_viewer(request, bot_id, peer)
+    finally:
+        clients.release(peer)
+
+
+async def _serve_viewer(request: web.Request, bot_id: str, peer: str) -> web.StreamResponse:
+    heartbeat = request.app[keys.SETTINGS].viewer_heartbeat
+    ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 16, heartbeat=heartbeat or None)
     await ws.prepare(request)
     problem = bot_id_problem(bot_id)
     if problem:
         await ws.close(code=1008, message=problem.encode()[:123])
         return ws
     viewer = Viewer(request.app, ws, request.transport, bot_id, peer)
+    viewers = request.app[keys.VIEWERS]
+    viewers[viewer.id] = viewer
     registry = request.app[keys.REGISTRY]
     stream = registry.get(bot_id)
     unwatch, timer = None, None
@@ -212,6 +245,7 @@ async def handle_viewer(request: web.Request) -> web.StreamResponse:
             if msg.type == WSMsgType.TEXT:
                 viewer.on_text(msg.data)
     finally:
+        viewers.pop(viewer.id, None)
         if unwatch is not None:
             unwatch()
             timer.cancel()

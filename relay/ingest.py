@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 
 from . import keys
 from .ids import bot_id_problem, connection_name
+from .limits import RateLimit, refuse_request
 from .media import FragmentAssembler, InitSegment, MediaError
 from .recorder import Recording
 from .remux import remux
@@ -42,17 +43,27 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     peer = request.remote or "?"
     metrics = request.app[keys.METRICS]
     if settings.ingest_token and not token_ok(request, settings.ingest_token):
-        log.warning("ingest refused peer=%s reason=%r", peer, "invalid or missing ingest token")
-        metrics.refused.labels("ingest_token").inc()
-        raise web.HTTPUnauthorized(text="invalid or missing ingest token\n")
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_size, autoping=True)
-    await ws.prepare(request)
-    session = IngestSession(request.app, ws, peer)
-    request.app[keys.INGEST_SESSIONS].add(session)
-    metrics.ingest_connections.inc()
-    metrics.ingest_open.inc()
-    log.info("ingest connected peer=%s", peer)
-    await session.run()  # the session leaves INGEST_SESSIONS once its outputs are finalized
+        refuse_request(request, web.HTTPUnauthorized, "invalid or missing ingest token", "ingest_token")
+    if len(request.app[keys.INGEST_SESSIONS]) >= settings.max_ingest_connections:
+        refuse_request(request, web.HTTPServiceUnavailable,
+                       f"too many ingest connections (max_ingest_connections={settings.max_ingest_connections})",
+                       "max_ingest_connections")
+    clients = request.app[keys.CLIENTS]
+    if not clients.acquire(peer):
+        refuse_request(request, web.HTTPTooManyRequests, "too many connections from this address "
+                       f"(max_connections_per_client={settings.max_connections_per_client})", "max_connections_per_client")
+    try:
+        ws = web.WebSocketResponse(max_msg_size=settings.max_frame_size, autoping=True,
+                                   receive_timeout=settings.ingest_idle_timeout)
+        await ws.prepare(request)
+        session = IngestSession(request.app, ws, peer)
+        request.app[keys.INGEST_SESSIONS].add(session)
+        metrics.ingest_connections.inc()
+        metrics.ingest_open.inc()
+        log.info("ingest connected peer=%s", peer)
+        await session.run()  # the session leaves INGEST_SESSIONS once its outputs are finalized
+    finally:
+        clients.release(peer)
     return ws
 
 
@@ -68,6 +79,7 @@ class IngestSession:
         self.recording: Recording | None = None
         self.assembler: FragmentAssembler | None = None
         self.prestart: list[bytes] = []
+        self.rate = RateLimit(self.settings.max_ingest_rate)
         self.prestart_bytes = 0
         self.close_reason = "disconnected"
 
@@ -81,17 +93,9 @@ class IngestSession:
 
     async def run(self) -> None:
         try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
-                    await self.on_text(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    await self.on_binary(msg.data)
-                elif msg.type == WSMsgType.ERROR:
-                    self.close_reason = f"connection error: {self.ws.exception()}"
-                    log.warning("ingest error peer=%s bot_id=%s error=%s", self.peer, self.bot_id, self.ws.exception())
-                    self.metrics.refused.labels("frame_error").inc()
-                    if self.stream is not None:
-                        self.stream.errors.append(self.close_reason)
+            await self.read()
+        except TimeoutError:
+            await self.refuse(POLICY, f"nothing received for {self.settings.ingest_idle_timeout:g}s", "idle_timeout")
         finally:
             # In a task of its own, shielded: when the handler is cancelled (aiohttp does that when the
             # client's connection drops if handler_cancellation is on, as in its TestServer, and at the
@@ -100,6 +104,19 @@ class IngestSession:
             finishing = self.app[keys.BACKGROUND].spawn(self.finish())
             finishing.add_done_callback(lambda _: self.app[keys.INGEST_SESSIONS].discard(self))
             await asyncio.shield(finishing)
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self.on_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await self.on_binary(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                self.close_reason = f"connection error: {self.ws.exception()}"
+                log.warning("ingest error peer=%s bot_id=%s error=%s", self.peer, self.bot_id, self.ws.exception())
+                self.metrics.refused.labels("frame_error").inc()
+                if self.stream is not None:
+                    self.stream.errors.append(self.close_reason)
 
     # -- text ---------------------------------------------------------------------------------
     async def on_text(self, text: str) -> None:
@@ -159,6 +176,9 @@ class IngestSession:
     # -- media --------------------------------------------------------------------------------
     async def on_binary(self, data: bytes) -> None:
         self.metrics.bytes_in.inc(len(data))
+        if not self.rate.take(len(data)):
+            limit = self.settings.max_ingest_rate
+            return await self.refuse(POLICY, f"sending faster than max_ingest_rate ({limit} bytes/s)", "ingest_rate")
         if self.stream is not None:
             return await self.media(data)
         self.prestart.append(data)
@@ -172,6 +192,10 @@ class IngestSession:
             await self.begin(name, {})
 
     async def begin(self, bot_id: str, start: dict[str, Any]) -> None:
+        streams = self.registry.streams
+        if bot_id not in streams and len(streams) >= self.settings.max_streams:
+            return await self.refuse(POLICY, f"too many live streams (max_streams={self.settings.max_streams})",
+                                     "max_streams")
         stream = self.registry.open(bot_id)
         previous = stream.owner
         if previous is not None and previous is not self:
@@ -184,16 +208,17 @@ class IngestSession:
         stream.meta = start
         self.stream = stream
         self.assembler = FragmentAssembler(self.settings.max_box_size)
-        self.recording = Recording(
-            Path(self.settings.recordings), bot_id, self.settings, start, self.peer, stream.errors.append,
-            self.metrics, self.app[keys.STORAGE],
-        )
-        stream.recording = self.recording
+        self.recording = self._new_recording(stream, start)
         log.info("stream start bot_id=%s peer=%s connection=%d meta=%s", bot_id, self.peer, stream.connections,
                  json.dumps(start)[:500])
         chunks, self.prestart, self.prestart_bytes = self.prestart, [], 0
         for chunk in chunks:
             await self.media(chunk)
+
+    def _new_recording(self, stream: Stream, start: dict[str, Any]) -> Recording:
+        stream.recording = Recording(Path(self.settings.recordings), stream.bot_id, self.settings, start, self.peer,
+                                     stream.errors.append, self.metrics, self.app[keys.STORAGE])
+        return stream.recording
 
     async def media(self, data: bytes) -> None:
         await self.recording.write(data)
@@ -204,7 +229,31 @@ class IngestSession:
         except MediaError as exc:
             self.assembler = None
             return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}", "invalid_media")
-        self.dispatch(events)
+        resume = next((i for i, e in enumerate(events) if self._can_resume_at(e)), None)
+        if resume is None:
+            return self.dispatch(events)
+        self.dispatch(events[:resume])
+        await self._resume_recording(events[resume], data)
+        self.dispatch(events[resume:])
+
+    def _can_resume_at(self, event: Any) -> bool:
+        recording = self.recording
+        return (recording.resumable and getattr(event, "random_access", False) and self.assembler.init is not None
+                and self.app[keys.STORAGE].space_returned_since(recording.failed_at))
+
+    async def _resume_recording(self, fragment: Any, chunk: bytes) -> None:
+        """After a disk error that more space cured: a new file, self-contained from a keyframe on
+        (the init segment, then the stream from that fragment)."""
+        failed, init = self.recording, self.assembler.init
+        await failed.close(f"stopped by a disk error: {failed.error}; continued in a new file")
+        self.recording = self._new_recording(self.stream, failed.start_message)
+        self.recording.shift = fragment.offset - len(init.data)
+        self.recording.add_init(init, offset=0)
+        chunk_start = self.assembler.position - len(chunk)
+        await self.recording.write(init.data)
+        await self.recording.write(fragment.data[: max(0, chunk_start - fragment.offset)])
+        await self.recording.write(chunk[max(0, fragment.offset - chunk_start) :])
+        log.info("recording resumed bot_id=%s path=%s after %s", self.bot_id, self.recording.path, failed.error)
 
     def dispatch(self, events: list) -> None:
         for event in events:
@@ -229,6 +278,12 @@ class IngestSession:
         if self.stream is not None:
             self.stream.errors.append(reason)
         await self.ws.close(code=code, message=reason.encode()[:123])
+
+    async def end_by_admin(self) -> None:
+        """An admin ended the stream: finish the recording as if the bot had said so, then hang up."""
+        self.close_reason = "ended by an admin"
+        await self.close_outputs(ended=True)
+        await self.ws.close(code=1000, message=b"stream ended by an admin")
 
     def superseded(self) -> None:
         """A newer connection took over our bot id: stop feeding the stream, keep our recording whole."""

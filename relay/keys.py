@@ -7,7 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from .background import Background
+from .auth import Auth
 from .config import Settings
+from .limits import ClientLimiter
 from .metrics import Metrics
 from .storage import Storage
 from .stream import Registry
@@ -18,3 +20,8 @@ BACKGROUND = web.AppKey("background", Background)
 INGEST_SESSIONS: web.AppKey[set[Any]] = web.AppKey("ingest_sessions", set)
 METRICS = web.AppKey("metrics", Metrics)
 STORAGE = web.AppKey("storage", Storage)
+HANDSHAKEN: web.AppKey[dict[int, bool]] = web.AppKey("handshaken", dict)
+AUTH = web.AppKey("auth", Auth)
+CLIENTS = web.AppKey("clients", ClientLimiter)
+VIEWERS: web.AppKey[dict[int, Any]] = web.AppKey("viewers", dict)
+ACCESS: web.AppKey[dict[Any, str]] = web.AppKey("access", dict)

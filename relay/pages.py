@@ -1,5 +1,6 @@
 """The HTML pages: the dashboard (``/``), one stream's player (``/watch/<bot_id>``), the wall (``/wall``),
-and their static files (``/static/``).
+the recordings (``/recordings``) and one recording's player (``/recordings/<bot_id>/<name>``), and their
+static files (``/static/``, and ``/vendor/`` for hls.js, which ``make deps`` installs from the npm registry).
 
 Pages are rendered on the server for a first paint that works without JavaScript; the scripts in
 ``web/static`` then keep them current by polling ``/api/streams``. The formatting helpers here have
@@ -9,21 +10,29 @@ twins in ``dashboard.js`` (same output), so a refresh does not change how a valu
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
 
-from . import keys
+from . import keys, recordings as recs
 from .ids import bot_id_problem
 
-WEB = Path(__file__).resolve().parent.parent / "web"
+ROOT = Path(__file__).resolve().parent.parent
+WEB = ROOT / "web"
 STATIC = WEB / "static"
-MAX_RECORDINGS = 50
+# Third-party browser code: installed by `make deps` (npm ci) into node_modules, never copied into the repo.
+VENDOR = {
+    "hls.min.js": ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js",
+    "hls.min.js.map": ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js.map",
+}
+MAX_RECORDINGS = 10  # on the dashboard; /recordings has them all
+MAX_LISTED = 500  # on /recordings, newest first (each row reads a sidecar), as /api/recordings
 STALLED_AFTER = 5.0  # seconds since the last fragment after which a live stream is flagged as stalled
 
 # Fields of the bot's start message that describe the media, not the meeting (shown elsewhere).
@@ -119,9 +128,28 @@ def meeting(meta: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def recording_link(bot_id: str, path: str | None) -> str | None:
+    """The player page of the recording at ``path`` (``/recordings/<bot_id>/<name without .mp4>``)."""
     if not path:
         return None
-    return f"/recordings/{quote(bot_id, safe='')}/{quote(Path(path).name, safe='')}"
+    return f"/recordings/{quote(bot_id, safe='')}/{quote(Path(path).stem, safe='')}"
+
+
+def fmt_iso(text: str | None, seconds: bool = True) -> str:
+    """"2026-11-24T05:39:00.123Z" -> "2026-11-24 05:39:00 UTC"."""
+    if not text:
+        return "–"
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+
+
+def mime_codecs(mime: str | None) -> tuple[str, str]:
+    """('H.264 · AAC', 'avc1.42C01E, mp4a.40.2') from 'video/mp4; codecs="avc1.42C01E,mp4a.40.2"'."""
+    inside = (mime or "").partition("codecs=")[2].strip('"; ')
+    parts = [c.strip() for c in inside.split(",") if c.strip()]
+    return (" · ".join(codec_name(c) for c in parts) or "–", ", ".join(parts))
 
 
 def card(status: dict[str, Any] | None) -> dict[str, Any]:
@@ -129,7 +157,7 @@ def card(status: dict[str, Any] | None) -> dict[str, Any]:
     if status is None:
         return {"bot_id": "", "state": "", "watch": "#", "meeting": [], "uptime": "", "bitrate": "",
                 "resolution": "", "codec": "", "codec_full": "", "viewers": "", "age": "", "stalled": False,
-                "recording": "", "recording_link": None, "delay": ""}
+                "recording": "", "recording_link": None, "delay": "", "video": False}
     age = status.get("last_fragment_age")
     live = status.get("state") == "live"
     rec = status.get("recording") or {}
@@ -151,20 +179,26 @@ def card(status: dict[str, Any] | None) -> dict[str, Any]:
         "recording": fmt_bytes(rec.get("bytes")) if rec else "",
         "recording_link": recording_link(status["bot_id"], rec.get("path")),
         "delay": f"{delay:.0f} ms" if isinstance(delay, (int, float)) else "–",
+        "video": any(t.get("kind") == "video" for t in status.get("tracks") or []),  # has a thumbnail to show
     }
 
 
 # -- recordings ----------------------------------------------------------------------------------------
-def list_recordings(root: Path, live_paths: set[str]) -> list[dict[str, Any]]:
-    """The newest recordings under ``root/<bot_id>/*.mp4`` (blocking: run it in a thread)."""
+def list_recordings(root: Path, live_paths: set[str]) -> tuple[list[dict[str, Any]], int]:
+    """The newest recordings under ``root/<bot_id>/*.mp4`` and how many there are (blocking: run it in a thread).
+
+    Only file metadata, no sidecars: the dashboard stays cheap however many recordings there are.
+    """
     found: list[tuple[float, Path, int]] = []
     try:
         folders = [d for d in root.iterdir() if d.is_dir() and bot_id_problem(d.name) is None]
     except OSError:
-        return []
+        return [], 0
     for folder in folders:
         try:
             for path in folder.glob("*.mp4"):
+                if not recs._NAME.fullmatch(path.stem):
+                    continue  # a remuxed copy (.remux.mp4) or a stranger: not a recording
                 st = path.stat()
                 found.append((st.st_mtime, path, st.st_size))
         except OSError:
@@ -173,14 +207,77 @@ def list_recordings(root: Path, live_paths: set[str]) -> list[dict[str, Any]]:
     return [
         {
             "bot_id": path.parent.name,
-            "name": path.name,
+            "name": path.stem,
             "href": recording_link(path.parent.name, str(path)),
+            "download": f"/recordings/{quote(path.parent.name, safe='')}/{quote(path.name, safe='')}",
             "size": fmt_bytes(size),
             "modified": fmt_time(mtime),
             "live": str(path.resolve()) in live_paths,
         }
         for mtime, path, size in found[:MAX_RECORDINGS]
-    ]
+    ], len(found)
+
+
+def _live_recordings(request: web.Request) -> dict[Path, Any]:
+    """The Recording objects still being written, by resolved path."""
+    out = {}
+    for stream in request.app[keys.REGISTRY].streams.values():
+        rec = stream.recording
+        if rec is not None and rec.ended is None:
+            out[Path(rec.path).resolve()] = rec
+    return out
+
+
+def recording_state(live: bool, error: str | None) -> str:
+    return "recording" if live else "error" if error else "complete"
+
+
+def recording_row(item: dict[str, Any], live: Any) -> dict[str, Any]:
+    """One row of /recordings from ``recordings.describe`` and the live Recording (if still written)."""
+    duration = item.get("duration") or 0.0
+    if live is not None:  # the sidecar lags by up to sidecar_interval: the in-memory index is current
+        duration = sum(f["duration"] for f in list(live.fragments))
+    mime = item.get("mime") or (live.inits[0].get("mime") if live is not None and live.inits else None)
+    codec, codec_full = mime_codecs(mime)
+    bot_id, name = item["bot_id"], item["name"]
+    base = f"/recordings/{quote(bot_id, safe='')}/{quote(name, safe='')}"
+    return {
+        "bot_id": bot_id,
+        "name": name,
+        "started": fmt_iso(item.get("started_at") or _name_iso(name)),
+        "duration": fmt_duration(duration),
+        "size": fmt_bytes(item.get("size")),
+        "codec": codec,
+        "codec_full": codec_full,
+        "state": recording_state(live is not None, item.get("error")),
+        "error": item.get("error") or "",
+        "play": base,
+        "download": base + ".mp4",
+        "delete": base,
+    }
+
+
+def _name_iso(name: str) -> str:
+    """The start time a recording's file name carries: "2026-11-24T05-39-00Z" -> "2026-11-24T05:39:00Z"."""
+    day, _, clock = name.partition("T")
+    return f"{day}T{clock[:8].replace('-', ':')}Z" if clock else ""
+
+
+def _resolution(inits: list[dict[str, Any]]) -> str:
+    for init in inits:
+        for track in init.get("tracks") or []:
+            if track.get("kind") == "video" and track.get("width") and track.get("height"):
+                return f"{track['width']}×{track['height']}"
+    return "–"
+
+
+def _message_items(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every field of the start message, for the player page's details (values made short and printable)."""
+    out = []
+    for key, value in message.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        out.append((str(key), text if len(text) <= 300 else text[:300] + "…"))
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------------------
@@ -205,7 +302,7 @@ _env.filters["pathpart"] = lambda value: quote(str(value), safe="")
 
 
 def render(template: str, status: int = 200, active: str = "", **context: Any) -> web.Response:
-    """``active`` names the page the top bar highlights ("dashboard", "wall" or none)."""
+    """``active`` names the page the top bar highlights ("dashboard", "wall", "recordings" or none)."""
     html = _env.get_template(template).render(active=active, **context)
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
@@ -219,7 +316,7 @@ async def dashboard(request: web.Request) -> web.Response:
     live, ended = _all_streams(request)
     settings = request.app[keys.SETTINGS]
     live_paths = {str(Path(s["recording"]["path"]).resolve()) for s in live if (s.get("recording") or {}).get("path")}
-    recordings = await asyncio.to_thread(list_recordings, Path(settings.recordings), live_paths)
+    recordings, recordings_total = await asyncio.to_thread(list_recordings, Path(settings.recordings), live_paths)
     return render(
         "dashboard.html",
         active="dashboard",
@@ -232,6 +329,7 @@ async def dashboard(request: web.Request) -> web.Response:
             for s in ended
         ],
         recordings=recordings,
+        recordings_total=recordings_total,
         rendered_at=time.time(),
     )
 
@@ -245,17 +343,102 @@ async def watch(request: web.Request) -> web.Response:
 
 
 async def wall(request: web.Request) -> web.Response:
+    """Every live stream (or ``?ids=a,b``) as small players, or with ``?thumbs=1`` as thumbnails only."""
     live, _ = _all_streams(request)
+    thumbs = request.query.get("thumbs", "") not in ("", "0")
     wanted = [i.strip() for i in request.query.get("ids", "").split(",") if i.strip()]
-    wanted = list(dict.fromkeys(wanted))[:64]  # no duplicates; a sane bound on tiles
+    wanted = list(dict.fromkeys(wanted))[: 256 if thumbs else 64]  # no duplicates; a sane bound on tiles
     tiles = wanted or [s["bot_id"] for s in live]
-    states = {s["bot_id"]: s["state"] for s in live}
-    return render("wall.html", active="wall", tiles=[{"bot_id": i, "state": states.get(i, "waiting")} for i in tiles],
-                  ids=",".join(wanted))
+    by_id = {s["bot_id"]: s for s in live}
+    ids = {"ids": ",".join(wanted)} if wanted else {}
+    other = ids if thumbs else ids | {"thumbs": "1"}
+    return render(
+        "wall.html", active="wall", ids=",".join(wanted), thumbs=thumbs,
+        show_all="/wall?thumbs=1" if thumbs else "/wall",
+        other_mode="/wall" + (f"?{urlencode(other)}" if other else ""),
+        tiles=[{"bot_id": i, "state": by_id[i]["state"] if i in by_id else "waiting"} for i in tiles],
+    )
+
+
+async def recordings_page(request: web.Request) -> web.Response:
+    root = Path(request.app[keys.SETTINGS].recordings)
+    items = await asyncio.to_thread(recs.list_recordings, root, MAX_LISTED)
+    live = _live_recordings(request)
+    rows = [recording_row(item, live.get((root / item["bot_id"] / f"{item['name']}.mp4").resolve())) for item in items]
+    return render("recordings.html", active="recordings", rows=rows, limited=len(items) >= MAX_LISTED,
+                  limit=MAX_LISTED, query=request.query.get("q", "")[:128])
+
+
+async def recording_page(request: web.Request) -> web.Response:
+    """One recording's player: byte-range HLS over the file (hls.js, or the browser's own HLS), and its facts."""
+    root = Path(request.app[keys.SETTINGS].recordings)
+    bot_id, name = request.match_info["bot_id"], request.match_info["name"]
+    try:
+        path = recs.recording_path(root, bot_id, name)
+    except web.HTTPNotFound:
+        return render("recording.html", status=404, active="recordings", missing=True, bot_id=bot_id, name=name)
+    sidecar = await asyncio.to_thread(recs.read_sidecar, path)
+    try:
+        item = await asyncio.to_thread(recs.describe, path, sidecar)
+    except OSError:  # deleted between the two looks
+        return render("recording.html", status=404, active="recordings", missing=True, bot_id=bot_id, name=name)
+    live = _live_recordings(request).get(path.resolve())
+    row = recording_row(item, live)
+    inits = list(live.inits) if live is not None else sidecar.get("inits") or []
+    fragments = list(live.fragments) if live is not None else sidecar.get("fragments") or []
+    message = (live.start_message if live is not None else sidecar.get("start_message")) or {}
+    error = (live.error if live is not None else sidecar.get("error")) or ""
+    lost = (live.bytes_lost if live is not None else sidecar.get("bytes_lost")) or 0
+    facts = [
+        ("Started", fmt_iso(sidecar.get("started_at") or _name_iso(name))),
+        ("Ended", "still recording" if live is not None else fmt_iso(sidecar.get("ended_at"))
+         if sidecar.get("ended_at") else "– (not closed: the server stopped first)"),
+        ("End reason", "–" if live is not None else str(sidecar.get("end_reason") or "–")),
+        ("Duration", row["duration"]),
+        ("Size", row["size"]),
+        ("Fragments", str(len(fragments))),
+        ("Keyframes", str(sum(1 for f in fragments if f.get("random_access") or f.get("keyframe")))),
+        ("Resolution", _resolution(inits)),
+        ("Codec", row["codec"]),
+        ("From", str(sidecar.get("peer") or (live.peer if live is not None else "") or "–")),
+        ("Bytes lost", fmt_bytes(lost) if lost else "none"),
+    ]
+    if len(inits) > 1:
+        facts.append(("Init segments", str(len(inits))))
+    return render(
+        "recording.html", active="recordings", missing=False, bot_id=bot_id, name=name, row=row, facts=facts,
+        error=error, meeting=meeting(message), message=_message_items(message),
+        playlist=row["play"] + ".m3u8", hls_js=_vendor_url("hls.min.js"), watch="/watch/" + quote(bot_id, safe=""),
+    )
+
+
+async def vendor(request: web.Request) -> web.StreamResponse:
+    """Third-party browser code from node_modules (hls.js), installed by `make deps`."""
+    path = VENDOR.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="no such vendor file\n")
+    if not path.is_file():
+        raise web.HTTPNotFound(text=f"{request.match_info['name']} is not installed: run `make deps` "
+                                    f"(npm ci) in {ROOT} to install hls.js from the npm registry\n")
+    content_type = "application/json" if path.suffix == ".map" else "text/javascript"
+    return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=86400"})
+
+
+def _vendor_url(name: str) -> str:
+    """``/vendor/<name>?v=<installed version>``, so an upgrade is never served from a stale cache."""
+    try:
+        version = json.loads((VENDOR[name].parents[1] / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        version = "0"
+    return f"/vendor/{name}?v={quote(str(version), safe='')}"
 
 
 def setup_pages(app: web.Application) -> None:
     app.router.add_get("/", dashboard, name="dashboard")
     app.router.add_get("/watch/{bot_id}", watch, name="watch")
     app.router.add_get("/wall", wall, name="wall")
+    app.router.add_get("/recordings", recordings_page, name="recordings")
+    # names have no dot: "<name>.mp4" and "<name>.m3u8" (download, playlist) never reach the page
+    app.router.add_get("/recordings/{bot_id}/{name:[^/.]+}", recording_page, name="recording")
+    app.router.add_get("/vendor/{name}", vendor, name="vendor")
     app.router.add_static("/static/", STATIC, name="static")

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +53,9 @@ class Recording:
         self.bytes_written = 0
         self.bytes_lost = 0
         self.error: str | None = None
+        self.resumable = False  # the error is one that more disk space cures (full disk, file too large)
+        self.failed_at = 0.0
+        self.shift = 0  # stream offset of this file's first byte, for a file resumed mid-stream
         self.ended: datetime | None = None
         self.end_reason: str | None = None
         self.inits: list[dict[str, Any]] = []
@@ -83,12 +87,13 @@ class Recording:
             self._room.clear()
             await self._room.wait()
 
-    def add_init(self, init: InitSegment) -> None:
-        self.inits.append({"offset": init.offset, "size": len(init.data)} | init.info.describe())
+    def add_init(self, init: InitSegment, offset: int | None = None) -> None:
+        at = init.offset - self.shift if offset is None else offset
+        self.inits.append({"offset": at, "size": len(init.data)} | init.info.describe())
         self._sidecar_dirty = True
 
     def add_fragment(self, fragment: Fragment) -> None:
-        self.fragments.append(fragment.index_entry())
+        self.fragments.append(fragment.index_entry() | {"offset": fragment.offset - self.shift})
         self._sidecar_dirty = True
 
     async def close(self, reason: str) -> None:
@@ -120,6 +125,11 @@ class Recording:
                     break
                 batch, self._pending = self._pending, []
                 size = sum(len(b) for b in batch)
+                if self.bytes_written + size > self.settings.max_recording_size:
+                    self._pending = batch + self._pending
+                    self._fail(OSError(errno.EFBIG, "the recording reached the max_recording_size setting"),
+                               resumable=False)
+                    break
                 try:
                     await asyncio.to_thread(self._write_batch, batch)
                     self.bytes_written += size
@@ -140,8 +150,10 @@ class Recording:
                 await asyncio.to_thread(self._close_file)
                 return
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: OSError, resumable: bool = True) -> None:
         """Stop writing this file (the live relay goes on) and say so everywhere."""
+        self.resumable = resumable and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        self.failed_at = time.monotonic()
         self.bytes_lost += self._pending_bytes
         self._pending.clear()
         self._pending_bytes = 0
@@ -205,8 +217,8 @@ class Recording:
             "bytes": self.bytes_written,
             "error": self.error,
             "bytes_lost": self.bytes_lost,
-            "inits": list(self.inits),
-            "fragments": list(self.fragments),
+            "inits": [i for i in self.inits if i["offset"] + i["size"] <= self.bytes_written],
+            "fragments": [f for f in self.fragments if f["offset"] + f["size"] <= self.bytes_written],
         }
 
     def status(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class Storage:
         self.root = Path(settings.recordings)
         self.free: int | None = None
         self.low_space = False
+        self.checked_at = 0.0  # monotonic time of the last free-space check
         self.deleted = 0
 
     def _existing(self) -> Path:
@@ -32,6 +33,7 @@ class Storage:
     def check_space(self) -> bool:
         """Refresh ``free`` and ``low_space``; blocking (a statvfs), so call it in a thread."""
         self.free = shutil.disk_usage(self._existing()).free
+        self.checked_at = time.monotonic()
         low = self.free < self.settings.min_free_space
         if low != self.low_space:
             if low:
@@ -41,6 +43,10 @@ class Storage:
                 log.info("free space %d bytes is above min_free_space again: new recordings may start", self.free)
         self.low_space = low
         return not low
+
+    def space_returned_since(self, moment: float) -> bool:
+        """Has a free-space check after ``moment`` found enough space? (A full disk is not retried blindly.)"""
+        return self.checked_at > moment and not self.low_space
 
     def writable(self) -> bool:
         try:

@@ -10,10 +10,12 @@ from typing import Any, Callable
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from relay.app import create_app
 from relay.config import Settings
 from relay.media import FragmentAssembler, InitSegment
+from relay.server import Server
 from relay.testsrc import encode_fmp4
 
 
@@ -32,20 +34,41 @@ def split(data: bytes) -> tuple[InitSegment, list]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(recordings=str(tmp_path / "recordings"), reconnect_grace=2.0, viewer_wait_timeout=5.0,
-                    sidecar_interval=0.2)
+    return Settings(port=0, recordings=str(tmp_path / "recordings"), reconnect_grace=2.0, viewer_wait_timeout=5.0,
+                    sidecar_interval=0.2, min_free_space=0)
+
+
+class RunningRelay:
+    """The relay as ``python -m relay serve`` runs it (same server class: TLS, handshake guard), on a free port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.server = Server(self.app, settings)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def make_url(self, path: str) -> URL:
+        scheme = "https" if self.settings.tls_cert else "http"
+        return URL(f"{scheme}://127.0.0.1:{self.port}{path}")
 
 
 @pytest.fixture
-async def relay(aiohttp_server: Callable, settings: Settings) -> Callable:
-    """``await relay(**setting_changes)`` starts a real relay and returns its TestServer."""
+async def relay(settings: Settings) -> Callable:
+    """``await relay(**setting_changes)`` starts a real relay on a loopback port and returns it."""
+    started: list[RunningRelay] = []
 
-    async def start(**changes: Any):
-        server = await aiohttp_server(create_app(settings.with_(**changes)))
-        server.settings = settings.with_(**changes)
-        return server
+    async def start(**changes: Any) -> RunningRelay:
+        running = RunningRelay(settings.with_(**changes))
+        await running.server.start()
+        started.append(running)
+        return running
 
-    return start
+    yield start
+    for running in started:
+        await running.server.stop()
 
 
 @pytest.fixture
