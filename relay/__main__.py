@@ -40,10 +40,10 @@ async def _serve(settings: Settings, demo: bool = False) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
+        await server.stop()  # first, so the demo bot's connection ends as "server shutdown" like any bot's
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await server.stop()
 
 
 async def _demo_bot(settings: Settings) -> None:
@@ -55,7 +55,7 @@ async def _demo_bot(settings: Settings) -> None:
         pattern = LivePattern(video="h264", audio="aac", width=640, height=360, fps=25, gop=25, clock=True)
         try:
             async with Bot(_ingest_url(settings), "demo") as bot:
-                await stream_live(bot, pattern.chunks())
+                await stream_live(bot, pattern.chunks(), framerate=25)
         except Exception as exc:  # the demo bot restarts; the relay keeps serving
             log.warning("demo bot stopped: %r; restarting", exc)
             await asyncio.sleep(1)
@@ -73,7 +73,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         elif args.realtime:
             pattern = LivePattern(width=640, height=360, fps=25, gop=25, clock=True)
             try:
-                await stream_live(bot, pattern.chunks(), duration=args.duration)
+                await stream_live(bot, pattern.chunks(), duration=args.duration, framerate=25)
             finally:
                 pattern.close()
         else:

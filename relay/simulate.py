@@ -209,7 +209,7 @@ def _framerate(info: InitInfo | None, fragments: list) -> float:
     if info is None or not info.video_tracks:
         return 0.0
     video_id = info.video_tracks[0].track_id
-    for fragment in fragments:
+    for fragment in fragments[1:] or fragments:  # the first fragment's timing carries the encoder's start-up offset
         for run in fragment.runs:
             if run.track_id == video_id and run.duration and run.samples > 1:
                 return run.samples * info.video_tracks[0].timescale / run.duration
@@ -232,8 +232,12 @@ def _due_times(size: int, fragments: list) -> Any:
     return due
 
 
-async def stream_live(bot: Bot, chunks: AsyncIterator[bytes], *, duration: float | None = None) -> None:
-    """Relay a live source (e.g. ``LivePattern().chunks()``) as the bot, re-cut at random sizes."""
+async def stream_live(bot: Bot, chunks: AsyncIterator[bytes], *, duration: float | None = None,
+                      framerate: float | None = None) -> None:
+    """Relay a live source (e.g. ``LivePattern().chunks()``) as the bot, re-cut at random sizes.
+
+    Without ``framerate`` the start message estimates it from the first fragment.
+    """
     assembler = FragmentAssembler()
     started = False
     pending = bytearray()
@@ -245,7 +249,7 @@ async def stream_live(bot: Bot, chunks: AsyncIterator[bytes], *, duration: float
             fragments = [e for e in events if not hasattr(e, "info")]
             if assembler.init is None or not fragments:
                 continue
-            await bot.start(assembler.init.info, _framerate(assembler.init.info, fragments))
+            await bot.start(assembler.init.info, framerate or _framerate(assembler.init.info, fragments))
             started, chunk = True, bytes(pending)
         await bot.send(chunk)
         if duration is not None and time.monotonic() - began >= duration:
