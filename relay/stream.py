@@ -48,6 +48,8 @@ class Stream:
         self.fragments = 0
         self.keyframes = 0
         self.gop_overflows = 0
+        self.gop_seconds: float | None = None  # media time between the last two keyframe fragments
+        self._last_keyframe_at: float | None = None
         self.media_duration = 0.0
         self.last_fragment_at: float | None = None  # monotonic
         self.one_way_delay_ms: float | None = None
@@ -63,6 +65,7 @@ class Stream:
     def set_init(self, init: InitSegment) -> None:
         """A new init segment: the cache is void (its fragments need the old one)."""
         self.init = init
+        self._last_keyframe_at = None  # timestamps may restart with a new init
         self.bytes_in += len(init.data)
         self.gop, self._gop_bytes = [], 0
         log.info("stream init bot_id=%s mime=%r init_bytes=%d", self.bot_id, init.mime, len(init.data))
@@ -95,6 +98,10 @@ class Stream:
         size = item.fragment.size
         if item.random_access:
             self.keyframes += 1
+            at = item.fragment.decode_time
+            if self._last_keyframe_at is not None and at > self._last_keyframe_at:
+                self.gop_seconds = round(at - self._last_keyframe_at, 3)
+            self._last_keyframe_at = at
             self.gop, self._gop_bytes = [item], size
             return
         if not self.gop:
@@ -157,6 +164,14 @@ class Stream:
         return 8 * sum(size for _, size in list(self._arrivals)[1:]) / span if span > 0 else 0.0
 
     @property
+    def fragment_rate(self) -> float:
+        """Fragments per second over the recent arrivals."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        span = self._arrivals[-1][0] - self._arrivals[0][0]
+        return (len(self._arrivals) - 1) / span if span > 0 else 0.0
+
+    @property
     def last_fragment_age(self) -> float | None:
         return None if self.last_fragment_at is None else time.monotonic() - self.last_fragment_at
 
@@ -171,12 +186,16 @@ class Stream:
             "uptime": (self.ended_at or time.time()) - self.started_at,
             "meta": self.meta,
             "mime": info["mime"] if info else None,
+            "resolution": next((f"{t['width']}x{t['height']}" for t in info["tracks"] if t["kind"] == "video"), None)
+            if info else None,
             "tracks": info["tracks"] if info else [],
             "connections": self.connections,
             "bytes_in": self.bytes_in,
             "fragments": self.fragments,
             "keyframes": self.keyframes,
             "bitrate": round(self.bitrate),
+            "fragment_rate": round(self.fragment_rate, 3),
+            "gop_seconds": self.gop_seconds,
             "media_duration": round(self.media_duration, 3),
             "gop_fragments": len(self.gop),
             "gop_overflows": self.gop_overflows,

@@ -78,7 +78,8 @@ async def test_status_and_metrics_match_what_was_streamed(relay, http, viewer) -
             assert status["fragments"] == len(sent)
             assert status["bytes_in"] == len(init.data) + sum(f.size for f in sent)
             assert status["mime"] == init.mime and status["meta"]["codec"] == "h264"
-            assert status["tracks"][0]["width"] == 320
+            assert status["tracks"][0]["width"] == 320 and status["resolution"] == "320x240"
+            assert status["gop_seconds"] == 1.0 and status["fragment_rate"] > 0
             assert status["keyframes"] == sum(f.random_access for f in sent)
             assert status["viewers"] == 1 and status["one_way_delay_ms"] is not None
             assert status["recording"]["bytes"] <= half and status["recording"]["path"].endswith(".mp4")
