@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -79,7 +80,7 @@ async def test_status_and_metrics_match_what_was_streamed(relay, http, viewer) -
             assert status["bytes_in"] == len(init.data) + sum(f.size for f in sent)
             assert status["mime"] == init.mime and status["meta"]["codec"] == "h264"
             assert status["tracks"][0]["width"] == 320 and status["resolution"] == "320x240"
-            assert status["gop_seconds"] == 1.0 and status["fragment_rate"] > 0
+            assert status["gop_seconds"] == pytest.approx(1.0, abs=0.05) and status["fragment_rate"] > 0
             assert status["keyframes"] == sum(f.random_access for f in sent)
             assert status["viewers"] == 1 and status["one_way_delay_ms"] is not None
             assert status["recording"]["bytes"] <= half and status["recording"]["path"].endswith(".mp4")
