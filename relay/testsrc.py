@@ -278,42 +278,18 @@ class LivePattern:
                 self._source.close()
 
 
-def encode_fmp4(
-    *,
-    seconds: float = 3.0,
-    video: str | None = "h264",
-    audio: str | None = "aac",
-    width: int = 320,
-    height: int = 240,
-    fps: int = 25,
-    gop: int = 25,
-    fragmentation: str = "keyframe",
-    frag_duration: float = 0.5,
-    separate_moof: bool = False,
-    clock: bool = False,
-) -> bytes:
+def encode_fmp4(*, seconds: float = 3.0, **options: Any) -> bytes:
     """Encode `seconds` of test pattern, as fast as possible, into one fMP4
-    byte string (ftyp, moov, moof+mdat..., mfra).
+    byte string (ftyp, moov, moof+mdat..., mfra). `options` are LivePattern's.
 
     fragmentation="keyframe" starts a fragment at every video keyframe;
     "duration" cuts every `frag_duration` seconds regardless of keyframes, so
     with gop/fps > frag_duration some fragments start mid-GOP; "both" cuts at
     every keyframe and every `frag_duration` (GOPs of several fragments).
     """
-    pattern = LivePattern(
-        video=video,
-        audio=audio,
-        width=width,
-        height=height,
-        fps=fps,
-        gop=gop,
-        fragmentation=fragmentation,
-        frag_duration=frag_duration,
-        separate_moof=separate_moof,
-        clock=clock,
-    )
+    pattern = LivePattern(**options)
     try:
-        parts = [pattern._step() for _ in range(round(seconds * fps))]
+        parts = [pattern._step() for _ in range(round(seconds * pattern._fps))]
         return b"".join(parts) + pattern._finish()
     finally:
         pattern.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +31,20 @@ def split(data: bytes) -> tuple[InitSegment, list]:
     assembler = FragmentAssembler()
     events = assembler.feed(data) + assembler.finish()
     return events[0], events[1:]
+
+
+async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll ``condition`` (sync or async) until it returns something truthy; fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

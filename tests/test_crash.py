@@ -26,7 +26,7 @@ from relay.media import FragmentAssembler, MediaError
 from relay.simulate import Bot, stream_file
 from relay.testsrc import decode_frames, probe_packets
 
-from conftest import media, split
+from tests.conftest import media, split, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = dict(seconds=5, gop=10)  # h264+aac, a keyframe fragment every 0.4 s: 12 fragments over 5 s
@@ -58,19 +58,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def wait_until(condition: Any, what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from relay import keys
 from relay.simulate import Bot, random_cuts, stream_file
 from relay.testsrc import probe_packets
 
-from conftest import ingest_url, media, split
+from tests.conftest import ingest_url, media, split, wait_until
 
 NAME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z(-\d+)?\.mp4")  # -N only when a second is taken
 FAST = dict(seconds=2, gop=10)  # h264+aac, 320x240, a keyframe fragment every 0.4 s: 5 fragments
@@ -70,20 +70,6 @@ def sha(data: bytes) -> str:
 
 def recordings_of(server: Any) -> Path:
     return Path(server.settings.recordings)
-
-
-async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``condition`` (sync or async) until it returns something truthy; fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def status(http: aiohttp.ClientSession, server: Any, bot_id: str) -> dict | None:
