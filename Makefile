@@ -4,8 +4,14 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 
 .PHONY: demo test deps browser
 
-deps:
+deps: node_modules/.package-lock.json
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
+
+# hls.js for the recording player, from the npm registry as package-lock.json pins it (served at /vendor/);
+# installed again only when the lock file changes.
+node_modules/.package-lock.json: package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; else \
+	  echo "npm not found: recordings will not play in the browser until hls.js is installed (apt-get install npm, then make deps)"; fi
 
 # Debian's Chromium plays H.264/AAC/Opus/VP9/AV1 through MSE; Playwright drives it (no browser download).
 browser:

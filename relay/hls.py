@@ -42,18 +42,20 @@ def playlist(uri: str, inits: list[dict[str, Any]], fragments: list[dict[str, An
     rewind a meeting that is still going on.
     """
     lines = ["#EXTM3U", "#EXT-X-VERSION:7"]
-    groups = list(_by_init(inits, fragments))
-    all_segments = [s for _, frags in groups for s in segments(frags)]
+    groups = [(init, segments(frags)) for init, frags in _by_init(inits, fragments)]
+    if not finished and groups:
+        groups[-1][1].pop()  # the newest segment may still grow until the next keyframe: list it once it is whole
+    all_segments = [s for _, segs in groups for s in segs]
     target = max([math.ceil(s["duration"]) for s in all_segments] + [1])
     lines += [f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
               f"#EXT-X-PLAYLIST-TYPE:{'VOD' if finished else 'EVENT'}"]
     if all_segments and all(s["independent"] for s in all_segments):
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
-    for n, (init, frags) in enumerate(groups):
+    for n, (init, segs) in enumerate(groups):
         if n:
             lines.append("#EXT-X-DISCONTINUITY")
         lines.append(f'#EXT-X-MAP:URI="{uri}",BYTERANGE="{init["size"]}@{init["offset"]}"')
-        for segment in segments(frags):
+        for segment in segs:
             lines += [f"#EXTINF:{segment['duration']:.6f},", f"#EXT-X-BYTERANGE:{segment['size']}@{segment['offset']}", uri]
     if finished:
         lines.append("#EXT-X-ENDLIST")

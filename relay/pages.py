@@ -218,13 +218,13 @@ def list_recordings(root: Path, live_paths: set[str]) -> tuple[list[dict[str, An
     ], len(found)
 
 
-def _live_recordings(request: web.Request) -> dict[Path, Any]:
-    """The Recording objects still being written, by resolved path."""
+def _live_recordings(request: web.Request) -> dict[tuple[str, str], Any]:
+    """The Recording objects still being written, by (bot id, name): files are ``<root>/<bot_id>/<name>.mp4``."""
     out = {}
     for stream in request.app[keys.REGISTRY].streams.values():
         rec = stream.recording
         if rec is not None and rec.ended is None:
-            out[Path(rec.path).resolve()] = rec
+            out[(Path(rec.path).parent.name, Path(rec.path).stem)] = rec
     return out
 
 
@@ -364,7 +364,7 @@ async def recordings_page(request: web.Request) -> web.Response:
     root = Path(request.app[keys.SETTINGS].recordings)
     items = await asyncio.to_thread(recs.list_recordings, root, MAX_LISTED)
     live = _live_recordings(request)
-    rows = [recording_row(item, live.get((root / item["bot_id"] / f"{item['name']}.mp4").resolve())) for item in items]
+    rows = [recording_row(item, live.get((item["bot_id"], item["name"]))) for item in items]
     return render("recordings.html", active="recordings", rows=rows, limited=len(items) >= MAX_LISTED,
                   limit=MAX_LISTED, query=request.query.get("q", "")[:128])
 
@@ -382,24 +382,26 @@ async def recording_page(request: web.Request) -> web.Response:
         item = await asyncio.to_thread(recs.describe, path, sidecar)
     except OSError:  # deleted between the two looks
         return render("recording.html", status=404, active="recordings", missing=True, bot_id=bot_id, name=name)
-    live = _live_recordings(request).get(path.resolve())
+    live = _live_recordings(request).get((bot_id, name))
     row = recording_row(item, live)
     inits = list(live.inits) if live is not None else sidecar.get("inits") or []
     fragments = list(live.fragments) if live is not None else sidecar.get("fragments") or []
     message = (live.start_message if live is not None else sidecar.get("start_message")) or {}
     error = (live.error if live is not None else sidecar.get("error")) or ""
     lost = (live.bytes_lost if live is not None else sidecar.get("bytes_lost")) or 0
+    if live is not None:
+        ended, reason = "still recording", "–"
+    elif sidecar.get("ended_at"):
+        ended, reason = fmt_iso(sidecar["ended_at"]), str(sidecar.get("end_reason") or "–")
+    else:  # a crash or kill -9: the file plays up to its last complete fragment, but was never closed
+        ended, reason = "–", "not closed (the server stopped first)"
     facts = [
         ("Started", fmt_iso(sidecar.get("started_at") or _name_iso(name))),
-        ("Ended", "still recording" if live is not None else fmt_iso(sidecar.get("ended_at"))
-         if sidecar.get("ended_at") else "– (not closed: the server stopped first)"),
-        ("End reason", "–" if live is not None else str(sidecar.get("end_reason") or "–")),
-        ("Duration", row["duration"]),
-        ("Size", row["size"]),
+        ("Ended", ended),
+        ("End reason", reason),
         ("Fragments", str(len(fragments))),
         ("Keyframes", str(sum(1 for f in fragments if f.get("random_access") or f.get("keyframe")))),
         ("Resolution", _resolution(inits)),
-        ("Codec", row["codec"]),
         ("From", str(sidecar.get("peer") or (live.peer if live is not None else "") or "–")),
         ("Bytes lost", fmt_bytes(lost) if lost else "none"),
     ]
@@ -418,8 +420,8 @@ async def vendor(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound(text="no such vendor file\n")
     if not path.is_file():
-        raise web.HTTPNotFound(text=f"{request.match_info['name']} is not installed: run `make deps` "
-                                    f"(npm ci) in {ROOT} to install hls.js from the npm registry\n")
+        raise web.HTTPNotFound(text=f"{request.match_info['name']} is not installed on this relay: run `make deps` "
+                                    "(npm ci) in its directory to install hls.js from the npm registry\n")
     content_type = "application/json" if path.suffix == ".map" else "text/javascript"
     return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "public, max-age=86400"})
 

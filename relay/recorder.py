@@ -205,6 +205,10 @@ class Recording:
         os.replace(tmp, self.sidecar_path)
 
     # -- what the sidecar and the status say ------------------------------------------------
+    def on_disk(self, index: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The index entries whose bytes are in the file already (the writer thread runs behind the index)."""
+        return [entry for entry in index if entry["offset"] + entry["size"] <= self.bytes_written]
+
     def sidecar(self) -> dict[str, Any]:
         return {
             "bot_id": self.bot_id,
@@ -217,8 +221,8 @@ class Recording:
             "bytes": self.bytes_written,
             "error": self.error,
             "bytes_lost": self.bytes_lost,
-            "inits": [i for i in self.inits if i["offset"] + i["size"] <= self.bytes_written],
-            "fragments": [f for f in self.fragments if f["offset"] + f["size"] <= self.bytes_written],
+            "inits": self.on_disk(self.inits),
+            "fragments": self.on_disk(self.fragments),
         }
 
     def status(self) -> dict[str, Any]:

@@ -90,15 +90,19 @@ async def api_list(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
+    """The file, with HTTP Range. A file still growing must not be cached: browsers would clip later
+    ranges to the length they saw first."""
     path = recording_path(_root(request), request.match_info["bot_id"], request.match_info["name"])
-    return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-cache"})
+    growing = _live_recording(request, path) is not None
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4",
+                                           "Cache-Control": "no-store" if growing else "no-cache"})
 
 
 async def playlist(request: web.Request) -> web.Response:
     path = recording_path(_root(request), request.match_info["bot_id"], request.match_info["name"])
     live = _live_recording(request, path)
     if live is not None:
-        inits, fragments, finished = list(live.inits), list(live.fragments), False
+        inits, fragments, finished = live.on_disk(live.inits), live.on_disk(live.fragments), False
     else:
         sidecar = await asyncio.to_thread(read_sidecar, path)
         inits, fragments, finished = sidecar.get("inits", []), sidecar.get("fragments", []), True

@@ -1,4 +1,5 @@
-/* Dashboard: keeps the server-rendered page current by polling /api/streams every 2 s (no reloads). */
+/* Dashboard: keeps the server-rendered page current by polling /api/streams every 2 s (no reloads), and shows
+ * each live stream's thumbnail, refreshed every 5 s while the page is visible (streams with video only). */
 (function () {
   "use strict";
 
@@ -54,8 +55,34 @@
     field(card, "codec").title = full;
     setText(field(card, "viewers"), String(s.viewers || 0));
     setText(field(card, "age"), F.age(s.last_fragment_age));
-    setText(field(card, "recording"), s.recording ? `recording ${F.bytes(s.recording.bytes)}` : "");
+    const recording = field(card, "recording");
+    const recordingUrl = F.recordingUrl(s.bot_id, s.recording && s.recording.path);
+    setText(recording, s.recording ? `recording ${F.bytes(s.recording.bytes)}` : "");
+    recording.hidden = !recordingUrl;
+    if (recordingUrl) recording.href = recordingUrl;
+    thumbnail(card, s, watch);
   }
+
+  /** Show the stream's latest keyframe; a new URL (so a new picture) every F.THUMB_MS, only while visible. */
+  function thumbnail(card, s, watch) {
+    const box = field(card, "thumb");
+    const video = F.hasVideo(s);
+    box.hidden = !video;
+    if (!video) return; // audio only, or no init segment yet: nothing to ask for
+    box.href = watch;
+    if (document.visibilityState !== "visible") return;
+    const img = field(card, "thumb-img");
+    const url = F.thumbnailUrl(s.bot_id);
+    if (img.getAttribute("src") !== url) img.src = url;
+  }
+
+  // load and error do not bubble: listen on the way down. A failed thumbnail is hidden, not shown broken.
+  list.addEventListener("load", (ev) => {
+    if (ev.target.dataset.field === "thumb-img") ev.target.closest(".thumb").classList.add("has-picture");
+  }, true);
+  list.addEventListener("error", (ev) => {
+    if (ev.target.dataset.field === "thumb-img") ev.target.closest(".thumb").classList.remove("has-picture");
+  }, true);
 
   function renderEnded(ended) {
     endedSection.hidden = !ended.length;

@@ -86,9 +86,23 @@
     return `/watch/${encodeURIComponent(botId)}`;
   }
 
+  /** The player page of the recording at `path` (pages.recording_link). */
   function recordingUrl(botId, path) {
     if (!path) return null;
-    return `/recordings/${encodeURIComponent(botId)}/${encodeURIComponent(path.split(/[\\/]/).pop())}`;
+    const name = path.split(/[\\/]/).pop().replace(/\.mp4$/, "");
+    return `/recordings/${encodeURIComponent(botId)}/${encodeURIComponent(name)}`;
+  }
+
+  const THUMB_MS = 5000; // a thumbnail URL changes this often (the relay makes one per stream per interval)
+
+  /** The stream has a video track (only those get a thumbnail request). */
+  function hasVideo(status) {
+    return (status.tracks || []).some((t) => t.kind === "video");
+  }
+
+  /** The thumbnail URL of the current 5-second slot: the same for every page open at that moment. */
+  function thumbnailUrl(botId) {
+    return `/api/streams/${encodeURIComponent(botId)}/thumbnail.jpg?t=${Math.floor(Date.now() / THUMB_MS)}`;
   }
 
   function isStalled(status) {
@@ -108,5 +122,5 @@
   }
 
   window.relayFormat = { duration, bitrate, bytes, age, time, codecName, resolution, codecs, meeting, watchUrl,
-    recordingUrl, isStalled, renderMeeting, STALLED_AFTER };
+    recordingUrl, isStalled, renderMeeting, hasVideo, thumbnailUrl, STALLED_AFTER, THUMB_MS };
 })();
