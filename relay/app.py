@@ -66,12 +66,11 @@ ACCESS = {
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=1 << 20, middlewares=[server.mark_handshaken, auth.middleware])
+    app = web.Application(client_max_size=1 << 20, middlewares=[server.guard_requests, auth.middleware])
     app[keys.SETTINGS] = settings
     app[keys.AUTH] = auth.Auth(settings)
     app[keys.CLIENTS] = ClientLimiter(settings.max_connections_per_client)
     app[keys.VIEWERS] = {}
-    app[keys.HANDSHAKEN] = {}
     app[keys.ACCESS] = ACCESS
     app[keys.REGISTRY] = Registry(settings)
     app[keys.METRICS] = Metrics(app[keys.REGISTRY], settings.metrics_max_streams)

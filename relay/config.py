@@ -64,6 +64,7 @@ class Settings:
     max_viewers_per_stream: int = _setting(5000, "viewer connections at once for one stream")
     max_connections_per_client: int = _setting(100, "ingest and viewer connections at once from one client address")
     max_ingest_rate: int = _setting(8 << 20, "bytes per second one stream may send, averaged over 10 s", "bytes")
+    max_fragment_rate: float = _setting(60.0, "fragments per second one stream may send, averaged over 10 s")
     max_recording_size: int = _setting(16 << 30, "size at which a recording file stops growing (the live relay goes on)", "bytes")
     thumbnail_interval: float = _setting(5.0, "seconds a stream's thumbnail is reused before a new one is made")
     metrics_max_streams: int = _setting(100, "streams with their own series in /metrics (the busiest ones)")

@@ -173,7 +173,7 @@ class Viewer:
     def on_text(self, text: str) -> None:
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(message, dict) and message.get("type") == "stats":
             self.client = {k: message[k] for k in _CLIENT_STATS if isinstance(message.get(k), (int, float))}

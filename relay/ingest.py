@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,17 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _delay_ms(sent: Any, received_ms: float) -> float | None:
+    """The ping's one-way delay, or None for a ``sent_at_ms`` that is not a finite number (JSON allows 1e400)."""
+    if isinstance(sent, bool) or not isinstance(sent, (int, float)):
+        return None
+    try:
+        delay = received_ms - float(sent)
+    except OverflowError:
+        return None
+    return delay if math.isfinite(delay) else None
+
+
 class IngestSession:
     def __init__(self, app: web.Application, ws: web.WebSocketResponse, peer: str) -> None:
         self.app = app
@@ -80,6 +92,7 @@ class IngestSession:
         self.assembler: FragmentAssembler | None = None
         self.prestart: list[bytes] = []
         self.rate = RateLimit(self.settings.max_ingest_rate)
+        self.fragment_rate = RateLimit(self.settings.max_fragment_rate)
         self.prestart_bytes = 0
         self.close_reason = "disconnected"
 
@@ -123,7 +136,7 @@ class IngestSession:
         received_ms = time.time() * 1000
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return await self.refuse(INVALID_DATA, "text frame is not JSON", "invalid_json")
         if not isinstance(msg, dict):
             return await self.refuse(INVALID_DATA, "text frame is not a JSON object", "invalid_json")
@@ -147,11 +160,11 @@ class IngestSession:
             await self.ws.send_str(json.dumps(reply))
         except ConnectionError:
             log.info("pong not sent bot_id=%s: the connection is gone", self.bot_id)
-        sent = ping.get("sent_at_ms")
-        if isinstance(sent, (int, float)) and not isinstance(sent, bool):
-            self.metrics.ping_delay.observe(max(0.0, (received_ms - sent) / 1000))
+        delay = _delay_ms(ping.get("sent_at_ms"), received_ms)
+        if delay is not None:
+            self.metrics.ping_delay.observe(max(0.0, delay / 1000))
             if self.stream is not None:
-                self.stream.one_way_delay_ms = round(received_ms - sent, 1)
+                self.stream.one_way_delay_ms = round(delay, 1)
 
     async def on_start(self, msg: dict[str, Any]) -> None:
         bot_id = msg.get("bot_id")
@@ -227,8 +240,15 @@ class IngestSession:
         try:
             events = self.assembler.feed(data)
         except MediaError as exc:
+            self.dispatch(exc.events)  # whole fragments ahead of the bad bytes still count
             self.assembler = None
             return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}", "invalid_media")
+        fragments = sum(1 for e in events if not isinstance(e, InitSegment))
+        if fragments and not self.fragment_rate.take(fragments):
+            self.dispatch(events)
+            self.assembler = None
+            limit = self.settings.max_fragment_rate
+            return await self.refuse(POLICY, f"more than max_fragment_rate ({limit:g} fragments/s)", "fragment_rate")
         resume = next((i for i, e in enumerate(events) if self._can_resume_at(e)), None)
         if resume is None:
             return self.dispatch(events)
@@ -301,10 +321,18 @@ class IngestSession:
             try:
                 self.dispatch(assembler.finish())
             except MediaError as exc:
+                self.dispatch(exc.events)
                 log.info("bot_id=%s: %s; the recording keeps those bytes", stream.bot_id, exc)
-        await recording.close(self.close_reason)
+        try:
+            await recording.close(self.close_reason)
+        finally:
+            self._release(stream, ended)
+            self.stream = self.recording = self.assembler = None
         if self.settings.remux_on_end and recording.bytes_written and recording.error is None:
             self.app[keys.BACKGROUND].spawn(asyncio.to_thread(remux, recording.path))
+
+    def _release(self, stream: Stream, ended: bool) -> None:
+        """Let the stream go: end it, or let it wait for the bot to reconnect."""
         if stream.owner is self:
             stream.owner = None
             if ended:
@@ -313,7 +341,6 @@ class IngestSession:
                 log.info("bot_id=%s disconnected; waiting %.0fs for it to reconnect", stream.bot_id,
                          self.settings.reconnect_grace)
                 stream.disconnected(lambda: self.registry.close(stream) if stream.owner is None else None)
-        self.stream = self.recording = self.assembler = None
 
     async def finish(self) -> None:
         if self.stream is None and self.prestart:

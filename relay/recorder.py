@@ -192,8 +192,10 @@ class Recording:
             os.fsync(self._file.fileno())
         except OSError as exc:
             self._fail(exc)
-        finally:
+        try:
             self._file.close()
+        except OSError:
+            pass  # a failed write leaves the refused bytes in the buffer: they are already counted as lost
         try:
             self._write_sidecar(self.sidecar())
         except OSError as exc:

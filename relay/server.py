@@ -29,32 +29,42 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class HandshakeGuard:
-    """A protocol factory around aiohttp's that times out connections without a request."""
+    """Closes connections that take longer than ``timeout`` to deliver their first whole request. (After a
+    response, aiohttp's keep-alive timeout, set to the same value, bounds the wait for the next one.)"""
 
-    def __init__(self, factory: Any, app: web.Application, timeout: float) -> None:
-        self.factory, self.app, self.timeout = factory, app, timeout
+    def __init__(self, app: web.Application, timeout: float) -> None:
+        self.app, self.timeout = app, timeout
+        self.factory: Any = None  # aiohttp's protocol factory, once the runner is set up
+        self.waiting: set[Any] = set()  # protocols with no request in progress
 
     def __call__(self) -> Any:
         protocol = self.factory()
+        self.waiting.add(protocol)
         asyncio.get_running_loop().call_later(self.timeout, self._check, protocol)
         return protocol
 
+    def arrived(self, protocol: Any) -> None:
+        self.waiting.discard(protocol)
+
     def _check(self, protocol: Any) -> None:
-        if self.app[keys.HANDSHAKEN].pop(id(protocol), None) is not None:
+        if protocol not in self.waiting:
             return
+        self.waiting.discard(protocol)
         transport = protocol.transport
         if transport is not None and not transport.is_closing():
             peer = transport.get_extra_info("peername")
-            log.warning("connection closed peer=%s reason=%r", peer and peer[0], "no complete request within "
-                        f"{self.timeout:g}s (handshake timeout)")
+            log.warning("connection closed peer=%s reason=%r", peer and peer[0],
+                        f"no complete request within {self.timeout:g}s (handshake timeout)")
             self.app[keys.METRICS].refused.labels("handshake_timeout").inc()
             transport.close()
 
 
 @web.middleware
-async def mark_handshaken(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A request arrived whole on this connection: the guard leaves it alone."""
-    request.app[keys.HANDSHAKEN][id(request.protocol)] = True
+async def guard_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A whole request arrived on this connection: the guard stands down."""
+    guard = request.app.get(keys.GUARD)
+    if guard is not None:
+        guard.arrived(request.protocol)
     return await handler(request)
 
 
@@ -63,13 +73,15 @@ class Server:
 
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app, self.settings = app, settings
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                    keepalive_timeout=settings.handshake_timeout)
         self.listener: asyncio.AbstractServer | None = None
         self.port = settings.port
 
     async def start(self) -> "Server":
+        guard = self.app[keys.GUARD] = HandshakeGuard(self.app, self.settings.handshake_timeout)
         await self.runner.setup()
-        guard = HandshakeGuard(self.runner.server, self.app, self.settings.handshake_timeout)
+        guard.factory = self.runner.server
         context = ssl_context(self.settings)
         self.listener = await asyncio.get_running_loop().create_server(
             guard, self.settings.host, self.settings.port, ssl=context, reuse_address=True, backlog=1024)

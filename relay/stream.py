@@ -40,6 +40,7 @@ class Stream:
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.init: InitSegment | None = None
+        self.info: Any = None  # the init's InitInfo, kept for status after the stream ends and drops its media
         self.gop: list[WireFragment] = []  # fragments since the latest random-access fragment
         self._gop_bytes = 0
         self.consumers: set[Consumer] = set()
@@ -65,6 +66,7 @@ class Stream:
     def set_init(self, init: InitSegment) -> None:
         """A new init segment: the cache is void (its fragments need the old one)."""
         self.init = init
+        self.info = init.info
         self._last_keyframe_at = None  # timestamps may restart with a new init
         self.bytes_in += len(init.data)
         self.gop, self._gop_bytes = [], 0
@@ -138,6 +140,7 @@ class Stream:
         self.state = ENDED
         self.ended_at = time.time()
         self.ended.set()
+        self.init, self.gop, self._gop_bytes, self.thumbnailer = None, [], 0, None  # ended streams stay listed, not their media
         log.info("stream ended bot_id=%s fragments=%d bytes=%d", self.bot_id, self.fragments, self.bytes_in)
         for consumer in list(self.consumers):
             consumer.on_end()
@@ -177,7 +180,7 @@ class Stream:
 
     def status(self) -> dict[str, Any]:
         age = self.last_fragment_age
-        info = self.init.info.describe() if self.init else None
+        info = self.info.describe() if self.info else None
         return {
             "bot_id": self.bot_id,
             "state": self.state,
