@@ -31,6 +31,7 @@ log = logging.getLogger("relay.ingest")
 # WebSocket close codes (RFC 6455)
 INVALID_DATA = 1007
 POLICY = 1008
+INTERNAL_ERROR = 1011
 
 
 def token_ok(request: web.Request, token: str) -> bool:
@@ -243,6 +244,10 @@ class IngestSession:
             self.dispatch(exc.events)  # whole fragments ahead of the bad bytes still count
             self.assembler = None
             return await self.refuse(INVALID_DATA, f"invalid fMP4: {exc}", "invalid_media")
+        except Exception:  # a parser bug must cost this connection only, never the server or another stream
+            log.exception("parser failure bot_id=%s peer=%s", self.bot_id, self.peer)
+            self.assembler = None
+            return await self.refuse(INTERNAL_ERROR, "internal error while parsing the stream", "internal_error")
         fragments = sum(1 for e in events if not isinstance(e, InitSegment))
         if fragments and not self.fragment_rate.take(fragments):
             self.dispatch(events)

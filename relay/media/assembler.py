@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .boxes import Box, BoxSplitter, MediaError
-from .fragment import TrackRun, parse_moof
+from .fragment import MoofInfo, TrackRun, parse_moof
 from .init import InitInfo, parse_init
 
 _INIT_START = ("ftyp", "moov")
@@ -65,10 +65,12 @@ class FragmentAssembler:
         self.max_pending = max_box_size
         self.init: InitSegment | None = None
         self._init_boxes: list[Box] | None = []  # None once the moov has arrived
+        self._init_bytes = 0  # running totals, never re-summed: a stream of tiny boxes stays linear
         self._pending: list[Box] = []
         self._pending_bytes = 0
         self._moof_at: int | None = None  # index in _pending of this fragment's moof
-        self._data_end = 0
+        self._before_moof = 0  # bytes in _pending ahead of the moof (styp, prft, emsg, free...)
+        self._moof: MoofInfo | None = None  # this fragment's moof, parsed once
         self._has_mdat = False
         self._next_decode: dict[int, int] = {}
 
@@ -77,25 +79,41 @@ class FragmentAssembler:
         return self.splitter.position
 
     def feed(self, chunk: bytes) -> list[Event]:
+        """The init segments and fragments this chunk completes. A ``MediaError`` carries, as ``events``, those
+        it completed before the bad bytes: a consumer should still take them."""
         events: list[Event] = []
-        for box in self.splitter.feed(chunk):
-            self._box(box, events)
+        try:
+            try:
+                boxes = self.splitter.feed(chunk)
+            except MediaError as exc:
+                for box in exc.boxes:  # whole boxes ahead of the bad ones (an error among them comes first)
+                    self._box(box, events)
+                raise
+            for box in boxes:
+                self._box(box, events)
+        except MediaError as exc:
+            exc.events = events
+            raise
         return events
 
     def finish(self) -> list[Event]:
-        """The stream ended: emit a last complete fragment; a box cut short raises MediaError."""
+        """The stream ended: emit a last complete fragment; a box cut short raises MediaError (with ``events``)."""
         events: list[Event] = []
-        for box in self.splitter.finish():
-            self._box(box, events)
-        if self._has_mdat:
-            events.append(self._complete())
+        try:
+            for box in self.splitter.finish():
+                self._box(box, events)
+            if self._has_mdat:
+                events.append(self._complete())
+        except MediaError as exc:
+            exc.events = events
+            raise
         return events
 
     def _box(self, box: Box, events: list[Event]) -> None:
         if box.type in _INIT_START and self._init_boxes is None:
             if self._has_mdat:
                 events.append(self._complete())
-            self._init_boxes, self._pending, self._pending_bytes, self._moof_at = [], [], 0, None
+            self._init_boxes, self._init_bytes, self._pending, self._pending_bytes, self._moof_at = [], 0, [], 0, None
         if self._init_boxes is not None:
             self._init_box(box, events)
         elif box.type == "moof":
@@ -103,15 +121,16 @@ class FragmentAssembler:
                 events.append(self._complete())
             elif self._moof_at is not None:
                 raise MediaError("moof followed by another moof without media data")
+            self._before_moof = self._pending_bytes
             self._add(box)
             self._moof_at = len(self._pending) - 1
-            self._data_end = parse_moof(box.data, self.init.info, box.offset).data_end
+            self._moof = parse_moof(box.data, self.init.info, box.offset)
         elif box.type == "mdat":
             if self._moof_at is None:
                 raise MediaError("mdat without a moof before it")
             self._add(box)
             self._has_mdat = True
-            if self._pending_bytes - self._bytes_before_moof() >= self._data_end:
+            if self._pending_bytes - self._before_moof >= self._moof.data_end:
                 events.append(self._complete())
         else:
             if self._has_mdat:
@@ -122,7 +141,8 @@ class FragmentAssembler:
         if box.type in ("moof", "mdat"):
             raise MediaError(f"{box.type} before the init segment (no moov yet)")
         self._init_boxes.append(box)
-        if sum(b.size for b in self._init_boxes) > self.max_pending:
+        self._init_bytes += box.size
+        if self._init_bytes > self.max_pending:
             raise MediaError("init segment exceeds the box size limit")
         if box.type == "moov":
             data = b"".join(b.data for b in self._init_boxes)
@@ -137,20 +157,23 @@ class FragmentAssembler:
         if self._pending_bytes > self.max_pending:
             raise MediaError(f"fragment exceeds {self.max_pending} bytes")
 
-    def _bytes_before_moof(self) -> int:
-        return sum(b.size for b in self._pending[: self._moof_at])
-
     def _complete(self) -> Fragment:
         info = self.init.info
-        moof = self._pending[self._moof_at]
-        runs = parse_moof(moof.data, info, moof.offset).runs
+        runs = self._moof.runs
+        clock: dict[int, int] = {}  # track id -> decode time after this fragment's runs of it
         for run in runs:
-            start = run.decode_time if run.decode_time is not None else self._next_decode.get(run.track_id, 0)
-            self._next_decode[run.track_id] = start + run.duration
-        primary = next((r for r in runs if r.track_id == info.primary.track_id), runs[0])
+            start = run.decode_time
+            if start is None:
+                start = clock.get(run.track_id, self._next_decode.get(run.track_id, 0))
+            clock[run.track_id] = start + run.duration
+        # Only the init's tracks are remembered: trafs of made-up track ids must not grow this without bound.
+        known = {t.track_id for t in info.tracks}
+        self._next_decode.update((i, end) for i, end in clock.items() if i in known)
+        primary_id = info.primary.track_id  # a property that walks the tracks: once, not per run
+        primary = next((r for r in runs if r.track_id == primary_id), runs[0])
         track = info.track(primary.track_id)
         timescale = track.timescale if track else info.primary.timescale
-        start = self._next_decode[primary.track_id] - primary.duration
+        start = clock[primary.track_id] - primary.duration
         video_ids = {t.track_id for t in info.video_tracks}
         video_runs = [r for r in runs if r.track_id in video_ids]
         has_video = bool(video_runs) or not video_ids

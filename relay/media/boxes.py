@@ -15,7 +15,17 @@ _LARGE = struct.Struct(">Q")
 
 
 class MediaError(ValueError):
-    """The byte stream is not the fragmented MP4 we can relay; the message says why."""
+    """The byte stream is not the fragmented MP4 we can relay; the message says why.
+
+    Raised by a ``feed``, it also carries what that call completed before the bad bytes (``boxes`` from a
+    ``BoxSplitter``, ``events`` from a ``FragmentAssembler``), so a chunk holding a whole fragment and then
+    garbage loses no whole fragment.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.boxes: list[Box] = []
+        self.events: list = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,23 +125,28 @@ class BoxSplitter:
         boxes: list[Box] = []
         buf = self._buf
         pos = 0
-        while True:
-            head = parse_header(buf, pos, len(buf))
-            if head is None:
-                break
-            box_type, _, size = head
-            if size == 0:
-                self._open_ended = box_type
-                self._check_size(box_type, len(buf) - pos)
-                break
-            self._check_size(box_type, size)
-            if len(buf) - pos < size:
-                break
-            boxes.append(Box(box_type, bytes(buf[pos : pos + size]), self._offset + pos))
-            pos += size
-        if pos:
-            del buf[:pos]
-            self._offset += pos
+        try:
+            while True:
+                head = parse_header(buf, pos, len(buf))
+                if head is None:
+                    break
+                box_type, _, size = head
+                if size == 0:
+                    self._open_ended = box_type
+                    self._check_size(box_type, len(buf) - pos)
+                    break
+                self._check_size(box_type, size)
+                if len(buf) - pos < size:
+                    break
+                boxes.append(Box(box_type, bytes(buf[pos : pos + size]), self._offset + pos))
+                pos += size
+        except MediaError as exc:
+            exc.boxes = boxes
+            raise
+        finally:
+            if pos:
+                del buf[:pos]
+                self._offset += pos
         return boxes
 
     def finish(self) -> list[Box]:

@@ -19,21 +19,24 @@ def children_start(buf: bytes, payload: int, video: bool) -> int:
     return payload + AUDIO_FIELDS + _QT_AUDIO_EXTRA.get(version, 0)
 
 
-def _child(buf: bytes, start: int, end: int, box_type: str) -> tuple[int, int]:
+def _child(buf: bytes, start: int, end: int, box_type: str, need: int = 0) -> tuple[int, int]:
+    """(payload start, end) of a configuration box holding at least ``need`` payload bytes."""
     found = find_child(buf, start, end, box_type)
     if found is None:
         raise MediaError(f"sample entry lacks its {box_type!r} configuration box")
+    if found[1] - found[0] < need:
+        raise MediaError(f"{box_type!r} configuration box too short ({found[1] - found[0]} bytes)")
     return found
 
 
 def avc(fourcc: str, buf: bytes, children: int, end: int) -> str:
-    payload, _ = _child(buf, children, end, "avcC")
+    payload, _ = _child(buf, children, end, "avcC", 4)
     profile, compat, level = buf[payload + 1 : payload + 4]
     return f"{fourcc}.{profile:02X}{compat:02X}{level:02X}"
 
 
 def hevc(fourcc: str, buf: bytes, children: int, end: int) -> str:
-    payload, _ = _child(buf, children, end, "hvcC")
+    payload, _ = _child(buf, children, end, "hvcC", 13)
     first = buf[payload + 1]
     space = "", "A", "B", "C"
     profile_idc = first & 0x1F
@@ -50,7 +53,7 @@ def hevc(fourcc: str, buf: bytes, children: int, end: int) -> str:
 
 
 def vp9(fourcc: str, buf: bytes, children: int, end: int) -> str:
-    payload, _ = _child(buf, children, end, "vpcC")
+    payload, _ = _child(buf, children, end, "vpcC", 10)
     p = payload + 4  # FullBox version and flags
     profile, level, packed, primaries, transfer, matrix = buf[p : p + 6]
     depth, chroma, full_range = packed >> 4, (packed >> 1) & 0x7, packed & 0x1
@@ -59,7 +62,7 @@ def vp9(fourcc: str, buf: bytes, children: int, end: int) -> str:
 
 
 def av1(fourcc: str, buf: bytes, children: int, end: int) -> str:
-    payload, _ = _child(buf, children, end, "av1C")
+    payload, _ = _child(buf, children, end, "av1C", 3)
     b1, b2 = buf[payload + 1], buf[payload + 2]
     profile, level = b1 >> 5, b1 & 0x1F
     tier = "H" if b2 & 0x80 else "M"

@@ -100,6 +100,7 @@ def _parse_moof(moof: bytes, init: InitInfo, moof_offset: int) -> MoofInfo:
     data_end = 0
     previous_traf_end = 0  # where the previous traf's data ended (the implicit base of the next one)
     header = 16 if struct.unpack_from(">I", moof)[0] == 1 else 8
+    tracks = {t.track_id: t for t in init.tracks}  # not init.track(): a moof may hold a great many trafs
     for box_type, payload, end in iter_children(moof, header, len(moof)):
         if box_type != "traf":
             continue
@@ -108,7 +109,7 @@ def _parse_moof(moof: bytes, init: InitInfo, moof_offset: int) -> MoofInfo:
             raise MediaError("traf without tfhd")
         (version_flags, track_id) = struct.unpack_from(">II", moof, tfhd[0])
         flags = version_flags & 0xFFFFFF
-        track = init.track(track_id)
+        track = tracks.get(track_id)
         trex = track.defaults if track else TrackDefaults()
         pos = tfhd[0] + 8
         base = None
