@@ -28,16 +28,7 @@ with atheris.instrument_imports(include=["relay.media"]):
     from relay.media import BoxSplitter, FragmentAssembler, MediaError, parse_init
     from relay.media.fragment import parse_moof
 
-MAX_BOX = 1 << 20
-SEEDS = {
-    "h264+aac": dict(seconds=1),
-    "h264+aac by duration": dict(seconds=1, gop=50, fragmentation="duration", frag_duration=0.3),
-    "h264+opus separate moofs": dict(seconds=1, audio="opus", separate_moof=True),
-    "aac only": dict(seconds=1, video=None),
-    "vp9+opus": dict(seconds=1, video="vp9", audio="opus"),
-    "hevc+aac": dict(seconds=1, video="hevc"),
-    "av1 only": dict(seconds=1, video="av1", audio=None),
-}
+from tests.test_fuzz import MAX_BOX, SEEDS  # noqa: E402  (the same seeds and limit as the hypothesis fuzz)
 STREAM, INIT, MOOF = 0, 1, 2
 INFOS: list = []  # the seeds' InitInfo, for parse_moof
 

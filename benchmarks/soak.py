@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from benchmarks.common import free_port  # noqa: E402
 from relay.media import FragmentAssembler  # noqa: E402
 from relay.simulate import Bot, random_cuts  # noqa: E402
 from relay.testsrc import encode_fmp4  # noqa: E402
@@ -98,12 +99,6 @@ def split(data: bytes) -> tuple:
 
 
 # -- the relay process ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +47,20 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 1
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def seed() -> int:
+    """A random seed for chunking, printed so a failure can be replayed."""
+    value = random.randrange(1 << 31)
+    print(f"chunking seed={value}")
+    return value
 
 
 @pytest.fixture

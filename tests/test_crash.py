@@ -26,7 +26,7 @@ from relay.media import FragmentAssembler, MediaError
 from relay.simulate import Bot, stream_file
 from relay.testsrc import decode_frames, probe_packets
 
-from tests.conftest import media, split, wait_until
+from tests.conftest import free_port, media, split, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = dict(seconds=5, gop=10)  # h264+aac, a keyframe fragment every 0.4 s: 12 fragments over 5 s
@@ -52,19 +52,6 @@ class RelayProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def seed() -> int:
-    value = random.randrange(1 << 31)
-    print(f"chunking seed={value}")
-    return value
 
 
 @pytest.fixture

@@ -22,22 +22,13 @@ from relay.media import FragmentAssembler, MediaError
 from relay.simulate import random_cuts
 from relay.testsrc import decode_frames
 
-from tests.conftest import ingest_url, media, split, wait_until
+from tests.conftest import free_port, ingest_url, media, split, wait_until
 from test_ingest import TracingBot, check_recording, only_recording, recordings_of, sidecar, wait_ended, \
     wait_status
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = dict(seconds=5, gop=10)  # h264+aac 320x240, a keyframe fragment every 0.4 s: 13 fragments, 200 KB
 OTHER = dict(seconds=2, width=480, height=270, gop=15)  # what the bot streams after it reconnects
-
-
-@pytest.fixture
-def seed() -> int:
-    import random
-
-    value = random.randrange(1 << 31)
-    print(f"chunking seed={value}")
-    return value
 
 
 def video_frames(fragments: list) -> int:
@@ -77,14 +68,6 @@ class RelayProcess:
     @property
     def log(self) -> str:
         return "".join(self.lines)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

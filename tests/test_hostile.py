@@ -125,13 +125,6 @@ async def alongside(server: Any, http: aiohttp.ClientSession, viewer: Callable, 
 
 
 @pytest.fixture
-def seed() -> int:
-    value = random.randrange(1 << 31)
-    print(f"chunking seed={value}")
-    return value
-
-
-@pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="relay")
     return caplog
