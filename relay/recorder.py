@@ -12,7 +12,9 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import os
+import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +70,7 @@ class Recording:
         self._room.set()
         self._closing = False
         self._sidecar_dirty = True
+        self._sidecar_at = -math.inf  # the first sidecar goes out with the first bytes
         self._task = asyncio.create_task(self._run(), name=f"recorder:{bot_id}")
 
     @property
@@ -140,8 +143,11 @@ class Recording:
                     self._fail(exc)
                 if self._pending_bytes <= self.settings.recorder_backlog:
                     self._room.set()
-            if self._sidecar_dirty and self._file is not None:
+            due = self._closing or time.monotonic() - self._sidecar_at >= interval
+            if self._sidecar_dirty and due and self._file is not None:
                 self._sidecar_dirty = False
+                # jittered, so that a hundred recordings started together do not rewrite in the same tick
+                self._sidecar_at = time.monotonic() + random.uniform(-0.2, 0.2) * interval
                 try:
                     await asyncio.to_thread(self._write_sidecar, self.sidecar())
                 except OSError as exc:

@@ -61,10 +61,13 @@ class Stream:
         self._arrivals: deque[tuple[float, int]] = deque()
         self._grace: asyncio.TimerHandle | None = None
         self.ended = asyncio.Event()
+        self._fanout: deque = deque()  # (fragment, consumers still to get it)
+        self._fanout_scheduled = False
 
     # -- the feed ---------------------------------------------------------------------------
     def set_init(self, init: InitSegment) -> None:
         """A new init segment: the cache is void (its fragments need the old one)."""
+        self._flush_fanout()
         self.init = init
         self.info = init.info
         self._last_keyframe_at = None  # timestamps may restart with a new init
@@ -85,8 +88,30 @@ class Stream:
             self._arrivals.popleft()
         item = WireFragment(fragment)
         self._cache(item)
-        for consumer in list(self.consumers):
-            consumer.on_fragment(item)
+        self._fanout.append((item, list(self.consumers)))
+        if not self._fanout_scheduled:
+            self._run_fanout()
+
+    _SLICE = 0.001  # seconds of fan-out work before the event loop gets a turn (pings, other streams)
+
+    def _run_fanout(self, budget: float | None = _SLICE) -> None:
+        """Hand queued fragments to their consumers, in order, yielding to the loop every ``budget`` seconds."""
+        self._fanout_scheduled = False
+        deadline = None if budget is None else time.perf_counter() + budget
+        queue = self._fanout
+        while queue:
+            item, consumers = queue[0]
+            while consumers:
+                consumers.pop().on_fragment(item)
+                if deadline is not None and consumers and time.perf_counter() > deadline:
+                    self._fanout_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._run_fanout)
+                    return
+            queue.popleft()
+
+    def _flush_fanout(self) -> None:
+        if self._fanout:
+            self._run_fanout(None)
 
     def _cache(self, item: WireFragment) -> None:
         """Keep the fragments a late joiner needs: from the latest keyframe on, within bounds.
@@ -120,6 +145,7 @@ class Stream:
 
     def disconnected(self, on_timeout: Any) -> None:
         """The bot's connection dropped without an end message: wait a while for it to come back."""
+        self._flush_fanout()
         self.state = RECONNECTING
         loop = asyncio.get_running_loop()
         self._grace = loop.call_later(self.settings.reconnect_grace, on_timeout)
@@ -133,6 +159,7 @@ class Stream:
         self.state = LIVE
 
     def end(self) -> None:
+        self._flush_fanout()
         if self.state == ENDED:
             return
         if self._grace is not None:
