@@ -60,7 +60,6 @@ class Stream:
         self.thumbnailer: Any = None  # made on the first thumbnail request: no work for unwatched streams
         self._arrivals: deque[tuple[float, int]] = deque()
         self._grace: asyncio.TimerHandle | None = None
-        self.ended = asyncio.Event()
         self._fanout: deque = deque()  # (fragment, consumers still to get it)
         self._fanout_scheduled = False
 
@@ -166,7 +165,6 @@ class Stream:
             self._grace.cancel()
         self.state = ENDED
         self.ended_at = time.time()
-        self.ended.set()
         self.init, self.gop, self._gop_bytes, self.thumbnailer = None, [], 0, None  # ended streams stay listed, not their media
         log.info("stream ended bot_id=%s fragments=%d bytes=%d", self.bot_id, self.fragments, self.bytes_in)
         for consumer in list(self.consumers):
