@@ -18,20 +18,15 @@ log = logging.getLogger("relay.api")
 
 
 def _find(request: web.Request) -> Stream:
-    registry = request.app[keys.REGISTRY]
     bot_id = request.match_info["bot_id"]
-    stream = registry.get(bot_id) or next((s for s in registry.ended if s.bot_id == bot_id), None)
+    stream = request.app[keys.REGISTRY].find(bot_id)
     if stream is None:
         raise web.HTTPNotFound(text=f"no stream {bot_id!r}\n")
     return stream
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    registry = request.app[keys.REGISTRY]
-    return web.json_response({
-        "streams": [s.status() for s in registry.streams.values()],
-        "ended": [s.status() for s in registry.ended],
-    })
+    return web.json_response(request.app[keys.REGISTRY].statuses())
 
 
 async def get_stream(request: web.Request) -> web.Response:

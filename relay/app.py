@@ -38,12 +38,8 @@ async def _drain(app: web.Application) -> None:
     await app[keys.BACKGROUND].drain()
 
 
-def _active_recordings(app: web.Application) -> set[Path]:
-    return {s.recording.path for s in app[keys.REGISTRY].streams.values() if s.recording is not None}
-
-
 async def _storage_watch(app: web.Application):
-    task = asyncio.create_task(app[keys.STORAGE].watch(lambda: _active_recordings(app)))
+    task = asyncio.create_task(app[keys.STORAGE].watch(lambda: set(app[keys.REGISTRY].live_recordings())))
     yield
     task.cancel()
 

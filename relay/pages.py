@@ -184,7 +184,7 @@ def card(status: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # -- recordings ----------------------------------------------------------------------------------------
-def list_recordings(root: Path, live_paths: set[str]) -> tuple[list[dict[str, Any]], int]:
+def list_recordings(root: Path, live_paths: set[Path]) -> tuple[list[dict[str, Any]], int]:
     """The newest recordings under ``root/<bot_id>/*.mp4`` and how many there are (blocking: run it in a thread).
 
     Only file metadata, no sidecars: the dashboard stays cheap however many recordings there are.
@@ -212,20 +212,10 @@ def list_recordings(root: Path, live_paths: set[str]) -> tuple[list[dict[str, An
             "download": f"/recordings/{quote(path.parent.name, safe='')}/{quote(path.name, safe='')}",
             "size": fmt_bytes(size),
             "modified": fmt_time(mtime),
-            "live": str(path.resolve()) in live_paths,
+            "live": path in live_paths,
         }
         for mtime, path, size in found[:MAX_RECORDINGS]
     ], len(found)
-
-
-def _live_recordings(request: web.Request) -> dict[tuple[str, str], Any]:
-    """The Recording objects still being written, by (bot id, name): files are ``<root>/<bot_id>/<name>.mp4``."""
-    out = {}
-    for stream in request.app[keys.REGISTRY].streams.values():
-        rec = stream.recording
-        if rec is not None and rec.ended is None:
-            out[(Path(rec.path).parent.name, Path(rec.path).stem)] = rec
-    return out
 
 
 def recording_state(live: bool, error: str | None) -> str:
@@ -307,15 +297,11 @@ def render(template: str, status: int = 200, active: str = "", **context: Any) -
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
 
-def _all_streams(request: web.Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    registry = request.app[keys.REGISTRY]
-    return [s.status() for s in registry.streams.values()], [s.status() for s in registry.ended]
-
-
 async def dashboard(request: web.Request) -> web.Response:
-    live, ended = _all_streams(request)
+    statuses = request.app[keys.REGISTRY].statuses()
+    live, ended = statuses["streams"], statuses["ended"]
     settings = request.app[keys.SETTINGS]
-    live_paths = {str(Path(s["recording"]["path"]).resolve()) for s in live if (s.get("recording") or {}).get("path")}
+    live_paths = set(request.app[keys.REGISTRY].live_recordings())
     recordings, recordings_total = await asyncio.to_thread(list_recordings, Path(settings.recordings), live_paths)
     return render(
         "dashboard.html",
@@ -336,15 +322,14 @@ async def dashboard(request: web.Request) -> web.Response:
 
 async def watch(request: web.Request) -> web.Response:
     bot_id = request.match_info["bot_id"]
-    registry = request.app[keys.REGISTRY]
-    stream = registry.get(bot_id) or next((s for s in registry.ended if s.bot_id == bot_id), None)
+    stream = request.app[keys.REGISTRY].find(bot_id)
     status = stream.status() if stream else None
     return render("watch.html", bot_id=bot_id, card=card(status) if status else None)
 
 
 async def wall(request: web.Request) -> web.Response:
     """Every live stream (or ``?ids=a,b``) as small players, or with ``?thumbs=1`` as thumbnails only."""
-    live, _ = _all_streams(request)
+    live = [s.status() for s in request.app[keys.REGISTRY].streams.values()]
     thumbs = request.query.get("thumbs", "") not in ("", "0")
     wanted = [i.strip() for i in request.query.get("ids", "").split(",") if i.strip()]
     wanted = list(dict.fromkeys(wanted))[: 256 if thumbs else 64]  # no duplicates; a sane bound on tiles
@@ -363,8 +348,8 @@ async def wall(request: web.Request) -> web.Response:
 async def recordings_page(request: web.Request) -> web.Response:
     root = Path(request.app[keys.SETTINGS].recordings)
     items = await asyncio.to_thread(recs.list_recordings, root, MAX_LISTED)
-    live = _live_recordings(request)
-    rows = [recording_row(item, live.get((item["bot_id"], item["name"]))) for item in items]
+    live = request.app[keys.REGISTRY].live_recordings()
+    rows = [recording_row(item, live.get(root / item["bot_id"] / f"{item['name']}.mp4")) for item in items]
     return render("recordings.html", active="recordings", rows=rows, limited=len(items) >= MAX_LISTED,
                   limit=MAX_LISTED, query=request.query.get("q", "")[:128])
 
@@ -382,7 +367,7 @@ async def recording_page(request: web.Request) -> web.Response:
         item = await asyncio.to_thread(recs.describe, path, sidecar)
     except OSError:  # deleted between the two looks
         return render("recording.html", status=404, active="recordings", missing=True, bot_id=bot_id, name=name)
-    live = _live_recordings(request).get((bot_id, name))
+    live = request.app[keys.REGISTRY].live_recordings().get(path)
     row = recording_row(item, live)
     inits = list(live.inits) if live is not None else sidecar.get("inits") or []
     fragments = list(live.fragments) if live is not None else sidecar.get("fragments") or []

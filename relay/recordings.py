@@ -80,9 +80,7 @@ def _root(request: web.Request) -> Path:
 
 def _live_recording(request: web.Request, path: Path) -> Any:
     """The Recording still being written to ``path``, if any."""
-    stream = request.app[keys.REGISTRY].get(path.parent.name)
-    recording = stream.recording if stream else None
-    return recording if recording is not None and recording.path == path and recording.ended is None else None
+    return request.app[keys.REGISTRY].live_recordings().get(path)
 
 
 async def api_list(request: web.Request) -> web.Response:

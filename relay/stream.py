@@ -264,6 +264,19 @@ class Registry:
             del self.streams[stream.bot_id]
             self.ended.appendleft(stream)
 
+    def find(self, bot_id: str) -> Stream | None:
+        """The live stream, else the most recently ended one, of ``bot_id``."""
+        return self.streams.get(bot_id) or next((s for s in self.ended if s.bot_id == bot_id), None)
+
+    def statuses(self) -> dict[str, list[dict[str, Any]]]:
+        return {"streams": [s.status() for s in self.streams.values()], "ended": [s.status() for s in self.ended]}
+
+    def live_recordings(self) -> dict[Any, Any]:
+        """The recordings still being written, by path (retention skips them, pages and playlists treat them
+        as growing)."""
+        return {s.recording.path: s.recording for s in self.streams.values()
+                if s.recording is not None and s.recording.ended is None}
+
     def watch(self, bot_id: str, callback: Callable[[Stream], None]) -> Callable[[], None]:
         """Call ``callback`` synchronously when ``bot_id`` opens, before any media reaches the stream,
         so an early viewer misses nothing. Returns a function that cancels the watch."""
