@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from . import keys
 from .ids import bot_id_problem, connection_name
 from .limits import RateLimit, refuse_request
-from .media import FragmentAssembler, InitSegment, MediaError
+from .media import Fragment, FragmentAssembler, InitSegment, MediaError
 from .recorder import Recording
 from .remux import remux
 from .stream import ENDED, Stream
@@ -261,12 +261,13 @@ class IngestSession:
         await self._resume_recording(events[resume], data)
         self.dispatch(events[resume:])
 
-    def _can_resume_at(self, event: Any) -> bool:
+    def _can_resume_at(self, event: InitSegment | Fragment) -> bool:
         recording = self.recording
-        return (recording.resumable and getattr(event, "random_access", False) and self.assembler.init is not None
+        return (recording.resumable and isinstance(event, Fragment) and event.random_access
+                and self.assembler.init is not None
                 and self.app[keys.STORAGE].space_returned_since(recording.failed_at))
 
-    async def _resume_recording(self, fragment: Any, chunk: bytes) -> None:
+    async def _resume_recording(self, fragment: Fragment, chunk: bytes) -> None:
         """After a disk error that more space cured: a new file, self-contained from a keyframe on
         (the init segment, then the stream from that fragment)."""
         failed, init = self.recording, self.assembler.init

@@ -96,7 +96,7 @@ class Recording:
         self._sidecar_dirty = True
 
     def add_fragment(self, fragment: Fragment) -> None:
-        self.fragments.append(fragment.index_entry() | {"offset": fragment.offset - self.shift})
+        self.fragments.append(fragment.index_entry(self.shift))
         self._sidecar_dirty = True
 
     async def close(self, reason: str) -> None:

@@ -43,9 +43,10 @@ class Fragment:
     def size(self) -> int:
         return len(self.data)
 
-    def index_entry(self) -> dict:
+    def index_entry(self, shift: int = 0) -> dict:
+        """The sidecar's entry; ``shift`` is the stream offset of the recording file's first byte."""
         return {
-            "offset": self.offset,
+            "offset": self.offset - shift,
             "size": self.size,
             "decode_time": round(self.decode_time, 6),
             "duration": round(self.duration, 6),
